@@ -1,0 +1,1 @@
+"""CPST: cascade anomaly detection for industrial visual inspection, as a Dagster asset pipeline."""
