@@ -1,0 +1,41 @@
+"""Asset checks for the failures that would otherwise be silent."""
+
+
+import pandas as pd
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+
+from cpst_pipeline.data.splits import leaked_groups
+from cpst_pipeline.resources import CpstSettings
+
+
+@asset_check(asset="splits", description="No physical part (group) appears in more than one of train / val / test.")
+def no_group_leakage(splits: pd.DataFrame) -> AssetCheckResult:
+    leaked = leaked_groups(splits)
+    return AssetCheckResult(passed=not leaked, metadata={"leaked_groups": len(leaked), "examples": MetadataValue.json(leaked[:10])})
+
+
+@asset_check(asset="memory_banks", description="Every domain with normal images has a non-empty bank.")
+def banks_not_empty(memory_banks: dict) -> AssetCheckResult:
+    sizes = {d: b["coreset_patches"] for d, b in memory_banks["banks"].items()}
+    return AssetCheckResult(passed=bool(sizes) and all(n > 0 for n in sizes.values()), metadata={"coreset_patches": MetadataValue.json(sizes)})
+
+
+@asset_check(asset="gate_model", description="The gate separates classes on val_mix better than chance (AUROC > 0.5).")
+def gate_better_than_chance(gate_model: dict) -> AssetCheckResult:
+    auroc = gate_model["val_auroc"]
+    return AssetCheckResult(
+        passed=auroc is not None and auroc > 0.5,
+        metadata={"val_auroc": MetadataValue.text("n/a") if auroc is None else MetadataValue.float(auroc)},
+    )
+
+
+@asset_check(asset="calibration", description="Calibrated cascade reaches the target recall on val_mix in every domain with anomalies.")
+def calibrated_recall_met(settings: CpstSettings, calibration: dict) -> AssetCheckResult:
+    target = settings.target_recall
+    recalls = {d: c["val"]["recall"] for d, c in calibration["domains"].items() if c["val"]["recall"] is not None}
+    short = {d: r for d, r in recalls.items() if r < target}
+    return AssetCheckResult(
+        passed=not short,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"target_recall": target, "val_recall": MetadataValue.json(recalls), "below_target": MetadataValue.json(short)},
+    )

@@ -1,0 +1,137 @@
+"""Choose per-domain thresholds on validation data.
+
+1. Heatmap scores are normalised with the domain's val-normal median and spread.
+2. The heatmap threshold is the largest one that keeps the target recall.
+3. The gate band [gate_low, gate_high) is the narrowest (fewest heatmap calls) that
+   keeps the target recall and adds at most ``max_extra_fpr`` false-positive rate
+   over running the heatmap on every image. Without that second bound the cheapest
+   "cascade" would flag everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cpst_pipeline.cascade.policy import DomainCalibration
+from cpst_pipeline.evaluation.metrics import threshold_for_recall
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    target_recall: float = 0.95
+    max_extra_fpr: float = 0.02
+
+
+def score_normaliser(raw_scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, list[str]]:
+    normal = raw_scores[labels == 0]
+    notes = []
+    if len(normal) < 2:
+        notes.append("fewer than 2 normal val images: heatmap scores normalised with all val images")
+        normal = raw_scores
+    center = float(np.median(normal))
+    scale = float(np.std(normal)) or 1.0
+    return center, scale, notes
+
+
+def _boundaries(sorted_scores: np.ndarray) -> np.ndarray:
+    """Split positions between distinct scores (ties are never separated)."""
+    n = len(sorted_scores)
+    inner = np.flatnonzero(np.diff(sorted_scores) > 0) + 1
+    return np.concatenate([[0], inner, [n]])
+
+
+def _threshold_at(sorted_scores: np.ndarray, position: int) -> float:
+    if position == 0:
+        return -math.inf
+    if position == len(sorted_scores):
+        return math.inf
+    return float((sorted_scores[position - 1] + sorted_scores[position]) / 2)
+
+
+def choose_gate_band(labels: np.ndarray, gate_scores: np.ndarray, heatmap_flags: np.ndarray, target_recall: float, max_fpr: float) -> tuple[float, float]:
+    """(gate_low, gate_high) minimising heatmap calls under the recall and FPR bounds.
+
+    Falls back to (-inf, inf), the heatmap on every image, when no band qualifies.
+    """
+    order = np.argsort(gate_scores, kind="stable")
+    g, y, h = gate_scores[order], labels[order].astype(int), heatmap_flags[order].astype(int)
+    n_pos, n_neg = y.sum(), (1 - y).sum()
+    cum = lambda values: np.concatenate([[0], np.cumsum(values)])  # noqa: E731
+    pos, neg, pos_h, neg_h = cum(y), cum(1 - y), cum(y * h), cum((1 - y) * h)
+    cuts = _boundaries(g)
+    low, high = np.meshgrid(cuts, cuts, indexing="ij")
+    valid = low <= high
+    true_pos = (pos[-1] - pos[high]) + (pos_h[high] - pos_h[low])
+    false_pos = (neg[-1] - neg[high]) + (neg_h[high] - neg_h[low])
+    recall = true_pos / max(n_pos, 1)
+    fpr = false_pos / max(n_neg, 1)
+    ok = valid & (recall >= target_recall - 1e-12) & (fpr <= max_fpr + 1e-12)
+    if not ok.any():
+        return -math.inf, math.inf
+    calls = np.where(ok, high - low, np.iinfo(np.int64).max)
+    # Fewest calls, then fewest false positives.
+    best = np.lexsort((np.where(ok, false_pos, np.inf).ravel(), calls.ravel()))[0]
+    i, j = np.unravel_index(best, calls.shape)
+    return _threshold_at(g, int(low[i, j])), _threshold_at(g, int(high[i, j]))
+
+
+def calibrate_domain(
+    domain: str,
+    labels: np.ndarray,
+    gate_scores: np.ndarray,
+    raw_heatmap_scores: np.ndarray | None,
+    config: CalibrationConfig,
+) -> DomainCalibration:
+    labels = np.asarray(labels, dtype=int)
+    gate_scores = np.asarray(gate_scores, dtype=float)
+    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
+    if raw_heatmap_scores is None:
+        return _calibrate_gate_only(domain, labels, gate_scores, config)
+    center, scale, notes = score_normaliser(np.asarray(raw_heatmap_scores, float), labels)
+    calibration = DomainCalibration(domain, True, -math.inf, math.inf, center, scale, notes=notes)
+    normalised = (np.asarray(raw_heatmap_scores, float) - center) / scale
+    if n_pos == 0:
+        calibration.heatmap_threshold = float(np.quantile(normalised, 0.99))
+        calibration.notes.append("no anomalies in val: heatmap threshold is the 99th percentile of normal scores; gate not used")
+    else:
+        calibration.heatmap_threshold = threshold_for_recall(labels, normalised, config.target_recall)
+        flags = normalised >= calibration.heatmap_threshold
+        heatmap_fpr = float(flags[labels == 0].mean()) if n_neg else 0.0
+        calibration.gate_low, calibration.gate_high = choose_gate_band(
+            labels, gate_scores, flags, config.target_recall, heatmap_fpr + config.max_extra_fpr
+        )
+    calibration.val = _val_summary(calibration, labels, gate_scores, normalised)
+    return calibration
+
+
+def _calibrate_gate_only(domain: str, labels: np.ndarray, gate_scores: np.ndarray, config: CalibrationConfig) -> DomainCalibration:
+    notes = ["no memory bank (no normal training images): the gate alone decides"]
+    if labels.sum() == 0:
+        threshold = math.inf
+        notes.append("no anomalies in val either: every image is passed as normal")
+    else:
+        threshold = threshold_for_recall(labels, gate_scores, config.target_recall)
+    if (labels == 0).sum() == 0:
+        notes.append("no normal val images: false-positive rate cannot be measured here")
+    calibration = DomainCalibration(domain, False, threshold, threshold, notes=notes)
+    calibration.val = _val_summary(calibration, labels, gate_scores, None)
+    return calibration
+
+
+def _val_summary(calibration: DomainCalibration, labels: np.ndarray, gate_scores: np.ndarray, normalised: np.ndarray | None) -> dict:
+    calls = np.array([calibration.needs_heatmap(g) for g in gate_scores])
+    decisions = gate_scores >= calibration.gate_high
+    if normalised is not None:
+        decisions = np.where(calls, normalised >= calibration.heatmap_threshold, decisions)
+    n_pos, n_neg = int(labels.sum()), int((labels == 0).sum())
+    return {
+        "n": int(len(labels)),
+        "n_anomaly": n_pos,
+        "n_normal": n_neg,
+        "recall": float(decisions[labels == 1].mean()) if n_pos else None,
+        "false_positive_rate": float(decisions[labels == 0].mean()) if n_neg else None,
+        "heatmap_call_rate": float(calls.mean()) if len(calls) else 0.0,
+    }

@@ -1,0 +1,164 @@
+"""The deployable cascade: backbone + gate + per-domain banks + calibration, loaded from plain files.
+
+Directory layout (no pickle anywhere)::
+
+    cascade.json                 backbone config, per-domain input sizes, scoring config
+    calibration.json             per-domain thresholds (see cascade.policy)
+    gate/gate.safetensors, gate/gate.json
+    banks/<domain>/coreset.npy, index.faiss, bank.json
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration, cascade_score
+from cpst_pipeline.features.backbone import BackboneConfig
+from cpst_pipeline.features.embed import DomainInputs
+from cpst_pipeline.features.extractor import FeatureExtractor
+from cpst_pipeline.gate.model import GateNet, load_gate
+from cpst_pipeline.io_utils import write_json_atomic
+from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank
+from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+
+
+@dataclass
+class Prediction:
+    domain: str
+    gate_score: float
+    heatmap_ran: bool
+    heatmap_score: float | None  # normalised; None when the heatmap did not run
+    anomaly_score: float
+    is_anomaly: bool
+    anomaly_map: np.ndarray | None  # (H, W) normalised, at the image's own size
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def write_cascade_directory(
+    directory: Path,
+    backbone: BackboneConfig,
+    inputs: dict[str, DomainInputs],
+    scoring: ScoringConfig,
+    gate_dir: Path,
+    bank_dirs: dict[str, Path],
+    calibrations: dict[str, DomainCalibration],
+) -> Path:
+    """Assemble a self-contained cascade directory from the pipeline's artifacts."""
+    directory = Path(directory)
+    if directory.exists():
+        shutil.rmtree(directory)
+    shutil.copytree(gate_dir, directory / "gate")
+    for domain, bank_dir in bank_dirs.items():
+        shutil.copytree(bank_dir, directory / "banks" / domain)
+    write_json_atomic(directory / "calibration.json", {d: c.to_dict() for d, c in calibrations.items()})
+    spec = {
+        "backbone": asdict(backbone),
+        "scoring": asdict(scoring),
+        "domains": {d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size)} for d, i in inputs.items()},
+    }
+    write_json_atomic(directory / "cascade.json", spec)
+    return directory
+
+
+class CascadeModel:
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        gate: GateNet,
+        banks: dict[str, MemoryBank],
+        calibrations: dict[str, DomainCalibration],
+        inputs: dict[str, DomainInputs],
+        scoring: ScoringConfig,
+    ):
+        self.extractor = extractor
+        self.gate = gate
+        self.banks = banks
+        self.calibrations = calibrations
+        self.inputs = inputs
+        self.scoring = scoring
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "auto") -> "CascadeModel":
+        directory = Path(directory)
+        spec = json.loads((directory / "cascade.json").read_text())
+        backbone = BackboneConfig(**{**spec["backbone"], "feature_layers": tuple(spec["backbone"]["feature_layers"])})
+        inputs = {
+            d: DomainInputs(gate_size=tuple(s["gate_size"]), heatmap_size=tuple(s["heatmap_size"]))
+            for d, s in spec["domains"].items()
+        }
+        calibrations = {
+            d: DomainCalibration.from_dict(c) for d, c in json.loads((directory / "calibration.json").read_text()).items()
+        }
+        banks_root = directory / "banks"
+        banks = {p.name: load_memory_bank(p) for p in sorted(banks_root.iterdir())} if banks_root.exists() else {}
+        return cls(
+            FeatureExtractor(backbone, device),
+            load_gate(directory / "gate"),
+            banks,
+            calibrations,
+            inputs,
+            ScoringConfig(**spec["scoring"]),
+        )
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted(self.calibrations)
+
+    def _check_domain(self, domain: str) -> DomainCalibration:
+        if domain not in self.calibrations:
+            raise ValueError(f"unknown domain {domain!r}; this model knows {self.domains}")
+        return self.calibrations[domain]
+
+    def gate_score(self, image: np.ndarray, domain: str, seconds: dict[str, float]) -> float:
+        started = time.perf_counter()
+        batch = self.extractor.batch([image], self.inputs[domain].gate_size)
+        embedding = self.extractor.image_embedding(batch)
+        seconds["gate_backbone"] = time.perf_counter() - started
+        started = time.perf_counter()
+        score = float(self.gate.predict_proba(embedding.cpu(), [domain])[0])
+        seconds["gate_head"] = time.perf_counter() - started
+        return score
+
+    def heatmap(self, image: np.ndarray, domain: str, seconds: dict[str, float]) -> tuple[float, np.ndarray]:
+        """Normalised image score and anomaly map from the domain's memory bank."""
+        calibration, bank, size = self.calibrations[domain], self.banks[domain], self.inputs[domain].heatmap_size
+        started = time.perf_counter()
+        patches = self.extractor.patch_features(self.extractor.batch([image], size))[0].cpu().numpy()
+        seconds["heatmap_backbone"] = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = score_patches(bank, patches, self.scoring)
+        seconds["knn"] = time.perf_counter() - started
+        started = time.perf_counter()
+        raw_map = anomaly_map(scores.grid, size, image.shape[:2], self.scoring.map_sigma)
+        normalised_map = (raw_map - calibration.score_center) / calibration.score_scale
+        seconds["map"] = time.perf_counter() - started
+        return calibration.normalise(scores.image_score), normalised_map.astype(np.float32)
+
+    def predict(self, image: np.ndarray, domain: str, force_heatmap: bool = False) -> Prediction:
+        """Score one RGB image. ``force_heatmap`` runs the heatmap even when the gate is sure
+        (for the always-heatmap baseline); the decision still follows the cascade."""
+        calibration = self._check_domain(domain)
+        seconds: dict[str, float] = {}
+        gate_score = self.gate_score(image, domain, seconds)
+        called = calibration.needs_heatmap(gate_score)
+        heatmap_score, heatmap_map = None, None
+        if called or (force_heatmap and calibration.has_bank):
+            heatmap_score, heatmap_map = self.heatmap(image, domain, seconds)
+        score = cascade_score(calibration, gate_score, heatmap_score if called else None)
+        return Prediction(
+            domain=domain,
+            gate_score=gate_score,
+            heatmap_ran=called,
+            heatmap_score=heatmap_score,
+            anomaly_score=score,
+            is_anomaly=score >= DECISION_THRESHOLD,
+            anomaly_map=heatmap_map,
+            seconds=seconds,
+        )
+

@@ -1,0 +1,98 @@
+"""A domain's memory bank: coreset of normal patch features behind a faiss index, saved without pickle."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from cpst_pipeline.io_utils import atomic_path, write_json_atomic
+from cpst_pipeline.patchcore.sampler import coreset_size, greedy_coreset
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    coreset_ratio: float = 0.1
+    # "flat" is exact; "hnsw"/"ivf" trade a little recall for speed on very large banks.
+    index_type: str = "flat"
+    seed: int = 0
+
+
+@dataclass
+class MemoryBank:
+    features: np.ndarray  # (M, D) float32 coreset
+    index: faiss.Index
+    meta: dict = field(default_factory=dict)
+
+    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Euclidean distances and bank indices of the ``k`` nearest coreset patches."""
+        squared, indices = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return np.sqrt(np.maximum(squared, 0.0)), indices
+
+
+def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0) -> faiss.Index:
+    dim = features.shape[1]
+    if index_type == "flat":
+        index = faiss.IndexFlatL2(dim)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32)
+        index.hnsw.efSearch = 64
+    elif index_type == "ivf":
+        nlist = max(1, int(np.sqrt(len(features))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+        index.cp.seed = seed
+        index.train(features)
+        index.nprobe = max(1, nlist // 8)
+    else:
+        raise ValueError(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
+    index.add(features)
+    return index
+
+
+def build_memory_bank(patches: np.ndarray, config: BankConfig, meta: dict | None = None) -> MemoryBank:
+    """Greedy-coreset ``patches`` (N, D) of normal images and index the survivors."""
+    if len(patches) == 0:
+        raise ValueError("cannot build a memory bank from zero patches")
+    started = time.perf_counter()
+    n_select = coreset_size(len(patches), config.coreset_ratio)
+    start_index = int(np.random.default_rng(config.seed).integers(len(patches)))
+    selected = greedy_coreset(patches, n_select, start_index=start_index)
+    coreset = np.ascontiguousarray(patches[selected], dtype=np.float32)
+    index = build_faiss_index(coreset, config.index_type, config.seed)
+    info = dict(meta or {})
+    info.update(
+        config=asdict(config),
+        source_patches=int(len(patches)),
+        coreset_patches=int(len(coreset)),
+        feature_dim=int(coreset.shape[1]),
+        build_seconds=round(time.perf_counter() - started, 3),
+    )
+    return MemoryBank(coreset, index, info)
+
+
+def save_memory_bank(bank: MemoryBank, directory: Path) -> Path:
+    """coreset.npy + index.faiss + bank.json; each file replaced atomically."""
+    directory = Path(directory)
+    with atomic_path(directory / "coreset.npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, bank.features, allow_pickle=False)
+    with atomic_path(directory / "index.faiss") as tmp:
+        faiss.write_index(bank.index, str(tmp))
+    write_json_atomic(directory / "bank.json", bank.meta)
+    return directory
+
+
+def load_memory_bank(directory: Path) -> MemoryBank:
+    directory = Path(directory)
+    features = np.load(directory / "coreset.npy", allow_pickle=False)
+    index = faiss.read_index(str(directory / "index.faiss"))
+    meta = json.loads((directory / "bank.json").read_text())
+    if index.ntotal != len(features):
+        raise ValueError(f"bank {directory} is inconsistent: index holds {index.ntotal}, coreset {len(features)}")
+    return MemoryBank(features, index, meta)

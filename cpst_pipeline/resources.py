@@ -1,0 +1,70 @@
+"""Dagster resources: the pipeline settings and the IO manager that stores asset values without pickle."""
+
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+
+from cpst_pipeline.cascade.calibration import CalibrationConfig
+from cpst_pipeline.data.splits import SplitConfig
+from cpst_pipeline.features.backbone import BackboneConfig
+from cpst_pipeline.features.embed import ResolutionConfig
+from cpst_pipeline.io_utils import atomic_path, write_json_atomic
+from cpst_pipeline.patchcore.bank import BankConfig
+from cpst_pipeline.pipeline.config import PipelineConfig
+
+
+class CpstSettings(ConfigurableResource):
+    """What a user may change from the launchpad, env vars or ``definitions.py``."""
+
+    data_dir: str = os.environ.get("CPST_DATA_DIR", "data")
+    dataset_roots: str = os.environ.get("CPST_DATASET_ROOTS", "")
+    device: str = os.environ.get("CPST_DEVICE", "auto")
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "bundled"
+    heatmap_short_side: int = 256
+    gate_short_side: int = 128
+    coreset_ratio: float = 0.1
+    target_recall: float = 0.95
+    split_seed: int = 0
+    model_name: str = "cpst-cascade"
+
+    def pipeline_config(self) -> PipelineConfig:
+        return PipelineConfig(
+            data_dir=Path(self.data_dir),
+            dataset_roots=self.dataset_roots,
+            device=self.device,
+            backbone=BackboneConfig(model_name=self.backbone, weights=self.weights),
+            resolution=ResolutionConfig(heatmap_short_side=self.heatmap_short_side, gate_short_side=self.gate_short_side),
+            splits=SplitConfig(seed=self.split_seed),
+            bank=BankConfig(coreset_ratio=self.coreset_ratio),
+            calibration=CalibrationConfig(target_recall=self.target_recall),
+        )
+
+
+class ArtifactIOManager(ConfigurableIOManager):
+    """DataFrames as parquet, everything else as JSON, one file per asset, written atomically."""
+
+    base_dir: str
+
+    def _path(self, asset_key_path: list[str], suffix: str) -> Path:
+        return Path(self.base_dir).resolve().joinpath(*asset_key_path).with_suffix(suffix)
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        if isinstance(obj, pd.DataFrame):
+            with atomic_path(self._path(context.asset_key.path, ".parquet")) as tmp:
+                obj.to_parquet(tmp, index=False)
+        else:
+            write_json_atomic(self._path(context.asset_key.path, ".json"), obj)
+
+    def load_input(self, context: InputContext):
+        parquet = self._path(context.asset_key.path, ".parquet")
+        if parquet.exists():
+            return pd.read_parquet(parquet)
+        path = self._path(context.asset_key.path, ".json")
+        if not path.exists():
+            raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized yet ({path} missing)")
+        return json.loads(path.read_text())
