@@ -1,0 +1,257 @@
+"""A small synthetic inspection dataset in the generic layout, for demos and end-to-end tests.
+
+Three procedurally generated surfaces with subtle defects and pixel masks. Every image is drawn
+from its own random generator seeded by (seed, domain, image number), so the output is
+byte-identical across runs and independent of generation order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy.ndimage import gaussian_filter, gaussian_filter1d, uniform_filter1d
+
+from cpst_pipeline.io_utils import write_bytes_atomic, write_json_atomic
+
+GENERATOR_VERSION = 1
+DOMAINS = ("brushed_metal", "woven_grid", "speckled_tile")
+DEFECT_TYPES = ("scratch", "spot", "crack", "missing_texture")
+NORMAL_SHARE = 0.7
+COMPLETE_MARKER = ".complete"
+
+Texture = Callable[[np.random.Generator, int, int], np.ndarray]
+Defect = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def generate_demo_dataset(root: Path, seed: int = 0, images_per_domain: int = 100, size: int = 256) -> Path:
+    """Write the dataset under ``root`` (generic layout) unless a matching one is already complete."""
+    if images_per_domain < 1 or size < 32:
+        raise ValueError(
+            f"demo dataset needs images_per_domain >= 1 and size >= 32, got {images_per_domain} and {size}"
+        )
+    root = Path(root)
+    params = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "images_per_domain": images_per_domain,
+        "size": size,
+    }
+    marker = root / COMPLETE_MARKER
+    if _read_marker(marker) == params:
+        return root
+    marker.unlink(missing_ok=True)  # an interrupted regeneration must not look complete
+    jobs = [
+        (domain_number, image_number, defect)
+        for domain_number in range(len(DOMAINS))
+        for image_number, defect in enumerate(_defect_plan(images_per_domain))
+    ]
+
+    def write(job: tuple[int, int, str | None]) -> list[Path]:
+        return _write_image(root, seed, size, *job)
+
+    # PNG encoding and most numpy work release the GIL, so two threads use both cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        written = {path for paths in pool.map(write, jobs) for path in paths}
+    _remove_stale_images(root, written)
+    write_json_atomic(marker, params)
+    return root
+
+
+def _write_image(
+    root: Path, seed: int, size: int, domain_number: int, image_number: int, defect: str | None
+) -> list[Path]:
+    """Render one image (and its mask) from its own generator and write it; returns the paths written."""
+    domain = DOMAINS[domain_number]
+    rng = np.random.default_rng([seed, domain_number, image_number])
+    image, mask = _render(domain, defect, rng, size)
+    stem = f"{domain}_{image_number:03d}"
+    paths = [_write_png(root / domain / (defect or "good") / f"{stem}.png", image)]
+    if defect is not None:
+        mask_path = root / domain / "masks" / defect / f"{stem}.png"
+        paths.append(_write_png(mask_path, mask.astype(np.uint8) * 255))
+    return paths
+
+
+def _read_marker(marker: Path) -> dict | None:
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _defect_plan(images_per_domain: int) -> list[str | None]:
+    """None for each normal image, then the defect types in turn for the defective ones."""
+    normals = round(images_per_domain * NORMAL_SHARE)
+    defects = [DEFECT_TYPES[i % len(DEFECT_TYPES)] for i in range(images_per_domain - normals)]
+    return [None] * normals + defects
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> Path:
+    buffer = io.BytesIO()
+    # Low compression: these noisy textures barely compress, and speed matters more here.
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _remove_stale_images(root: Path, written: set[Path]) -> None:
+    # A previous run with other parameters may have left images this run did not produce.
+    for domain in DOMAINS:
+        for path in (root / domain).rglob("*.png"):
+            if path not in written:
+                path.unlink()
+
+
+def _render(
+    domain: str, defect: str | None, rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """An (H, W) uint8 greyscale image, like most inspection cameras give, and its bool defect mask."""
+    height = 2 * size if domain == "woven_grid" else size  # one tall domain exercises aspect handling
+    surface = _TEXTURES[domain](rng, height, size)
+    mask = _DEFECTS[defect](surface, rng) if defect else np.zeros(surface.shape, dtype=bool)
+    surface += _illumination(rng, height, size) + 2.5 * _noise(rng, height, size)
+    return np.clip(np.round(surface), 0, 255).astype(np.uint8), mask
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    """Zero mean, unit spread: lets each texture set its own contrast explicitly."""
+    return (values - values.mean()) / (values.std() + 1e-9)
+
+
+# ---------------------------------------------------------------- textures
+
+
+def _noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    # float32 halves the memory traffic of every filter pass; 8-bit output needs no more.
+    return rng.standard_normal((height, width), dtype=np.float32)
+
+
+def _brushed_metal(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    # Noise smeared along x gives the long horizontal polishing streaks (two box passes: a cheap
+    # near-Gaussian blur even over this length).
+    streaks = _noise(rng, height, width)
+    for _ in range(2):
+        streaks = uniform_filter1d(streaks, 51, axis=1, mode="wrap")
+    streaks = _unit(gaussian_filter1d(streaks, 0.7, axis=0))
+    grain = _unit(gaussian_filter(_noise(rng, height, width), sigma=(0.5, 3.0)))
+    return 150.0 + 14.0 * streaks + 4.0 * grain
+
+
+def _woven_grid(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    period = rng.uniform(15.0, 17.0)
+    x = (np.arange(width) + rng.uniform(0, period)) / period
+    y = (np.arange(height) + rng.uniform(0, period)) / period
+    # Brightness across a thread: 0 at its edges, 1 along its middle.
+    across_x, across_y = np.sqrt(np.sin(np.pi * (x % 1.0))), np.sqrt(np.sin(np.pi * (y % 1.0)))
+    over = (np.floor(x)[None, :] + np.floor(y)[:, None]) % 2 == 0
+    # Where the horizontal thread lies on top its profile runs across y, elsewhere the vertical one's.
+    weave = np.where(over, across_y[:, None], across_x[None, :])
+    fibres = _unit(gaussian_filter(_noise(rng, height, width), sigma=0.8))
+    return 95.0 + 85.0 * weave + 5.0 * fibres
+
+
+def _speckled_tile(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    cloud = _unit(gaussian_filter(_noise(rng, height, width), sigma=3.0))
+    speckles = np.zeros((height, width), dtype=np.float32)
+    count = int(height * width * 0.012)
+    rows, columns = rng.integers(0, height, count), rng.integers(0, width, count)
+    speckles[rows, columns] = rng.choice([-1.0, 1.0], count) * rng.uniform(80.0, 160.0, count)
+    return 145.0 + 10.0 * cloud + gaussian_filter(speckles, sigma=0.8)
+
+
+def _illumination(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random brightness offset and linear gradient, so no two normal images are alike."""
+    slope_x, slope_y = rng.uniform(-15.0, 15.0, 2)
+    ramp_x = slope_x * (np.arange(width, dtype=np.float32) / width - 0.5)
+    ramp_y = slope_y * (np.arange(height, dtype=np.float32) / height - 0.5)
+    return rng.normal(0.0, 5.0) + ramp_x[None, :] + ramp_y[:, None]
+
+
+_TEXTURES: dict[str, Texture] = {
+    "brushed_metal": _brushed_metal,
+    "woven_grid": _woven_grid,
+    "speckled_tile": _speckled_tile,
+}
+
+
+# ---------------------------------------------------------------- defects
+# Each draws its defect into ``surface`` in place and returns the defect's mask. Contrast is kept
+# moderate and areas small, so finding them takes a working detector, yet a person sees them.
+
+
+def _random_point(rng: np.random.Generator, shape: tuple[int, ...], margin: float = 0.12) -> np.ndarray:
+    height, width = shape
+    return np.array([rng.uniform(margin, 1 - margin) * width, rng.uniform(margin, 1 - margin) * height])
+
+
+def _drawn(shape: tuple[int, ...], draw: Callable[[ImageDraw.ImageDraw], None]) -> np.ndarray:
+    canvas = Image.new("L", (shape[1], shape[0]), 0)
+    draw(ImageDraw.Draw(canvas))
+    return np.asarray(canvas) > 0
+
+
+def _add_soft(surface: np.ndarray, mask: np.ndarray, delta: float, softness: float) -> None:
+    # Blurred edges look like a real mark rather than a pasted stamp.
+    surface += delta * gaussian_filter(mask.astype(np.float32), softness)
+
+
+def _random_sign(rng: np.random.Generator) -> float:
+    return float(rng.choice([-1.0, 1.0]))
+
+
+def _scratch(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    centre = _random_point(rng, surface.shape)
+    length = rng.uniform(0.15, 0.35) * min(surface.shape)
+    angle = rng.uniform(0, np.pi)
+    half = 0.5 * length * np.array([np.cos(angle), np.sin(angle)])
+    ends = [tuple(centre - half), tuple(centre + half)]
+    width = int(rng.integers(1, 4))
+    mask = _drawn(surface.shape, lambda draw: draw.line(ends, fill=255, width=width))
+    _add_soft(surface, mask, _random_sign(rng) * rng.uniform(22.0, 35.0), softness=0.6)
+    return mask
+
+
+def _spot(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x, y = _random_point(rng, surface.shape)
+    rx, ry = rng.uniform(3.0, 8.0, 2)
+    mask = _drawn(surface.shape, lambda draw: draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=255))
+    blob = gaussian_filter(mask.astype(np.float32), 1.5)
+    surface += _random_sign(rng) * rng.uniform(25.0, 40.0) * blob / blob.max()
+    return mask
+
+
+def _crack(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    steps = int(rng.integers(5, 10))
+    headings = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0.0, 0.6, steps))
+    moves = rng.uniform(6.0, 14.0, (steps, 1)) * np.column_stack([np.cos(headings), np.sin(headings)])
+    start = _random_point(rng, surface.shape, margin=0.25)
+    points = start + np.vstack([[0.0, 0.0], np.cumsum(moves, axis=0)])
+    width = int(rng.integers(1, 3))
+    polyline = [tuple(point) for point in points]
+    mask = _drawn(surface.shape, lambda draw: draw.line(polyline, fill=255, width=width, joint="curve"))
+    _add_soft(surface, mask, -rng.uniform(30.0, 45.0), softness=0.5)  # cracks are dark gaps
+    return mask
+
+
+def _missing_texture(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x, y = _random_point(rng, surface.shape)
+    rx, ry = rng.uniform(12.0, 24.0, 2)
+    mask = _drawn(surface.shape, lambda draw: draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=255))
+    # The pattern is worn flat: its local average remains, its structure is gone.
+    flattened = gaussian_filter(surface, 6.0)
+    blend = gaussian_filter(mask.astype(np.float32), 2.0)
+    surface[:] = surface * (1 - blend) + flattened * blend
+    return mask
+
+
+_DEFECTS: dict[str, Defect] = {
+    "scratch": _scratch,
+    "spot": _spot,
+    "crack": _crack,
+    "missing_texture": _missing_texture,
+}
