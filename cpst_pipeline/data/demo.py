@@ -19,7 +19,7 @@ from scipy.ndimage import gaussian_filter, gaussian_filter1d, uniform_filter1d
 
 from cpst_pipeline.io_utils import write_bytes_atomic, write_json_atomic
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DOMAINS = ("brushed_metal", "woven_grid", "speckled_tile")
 DEFECT_TYPES = ("scratch", "spot", "crack", "missing_texture")
 NORMAL_SHARE = 0.7
@@ -181,7 +181,8 @@ _TEXTURES: dict[str, Texture] = {
 
 # ---------------------------------------------------------------- defects
 # Each draws its defect into ``surface`` in place and returns the defect's mask. Contrast is kept
-# moderate and areas small, so finding them takes a working detector, yet a person sees them.
+# clearly above the texture's own variation but areas small, so finding them takes a working
+# detector, yet a person sees them.
 
 
 def _random_point(rng: np.random.Generator, shape: tuple[int, ...], margin: float = 0.12) -> np.ndarray:
@@ -212,7 +213,7 @@ def _scratch(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ends = [tuple(centre - half), tuple(centre + half)]
     width = int(rng.integers(1, 4))
     mask = _drawn(surface.shape, lambda draw: draw.line(ends, fill=255, width=width))
-    _add_soft(surface, mask, _random_sign(rng) * rng.uniform(22.0, 35.0), softness=0.6)
+    _add_soft(surface, mask, _random_sign(rng) * rng.uniform(45.0, 65.0), softness=0.6)
     return mask
 
 
@@ -221,7 +222,7 @@ def _spot(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rx, ry = rng.uniform(3.0, 8.0, 2)
     mask = _drawn(surface.shape, lambda draw: draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=255))
     blob = gaussian_filter(mask.astype(np.float32), 1.5)
-    surface += _random_sign(rng) * rng.uniform(25.0, 40.0) * blob / blob.max()
+    surface += _random_sign(rng) * rng.uniform(45.0, 65.0) * blob / blob.max()
     return mask
 
 
@@ -234,7 +235,7 @@ def _crack(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     width = int(rng.integers(1, 3))
     polyline = [tuple(point) for point in points]
     mask = _drawn(surface.shape, lambda draw: draw.line(polyline, fill=255, width=width, joint="curve"))
-    _add_soft(surface, mask, -rng.uniform(30.0, 45.0), softness=0.5)  # cracks are dark gaps
+    _add_soft(surface, mask, -rng.uniform(60.0, 80.0), softness=0.5)  # cracks are dark gaps
     return mask
 
 
