@@ -34,6 +34,7 @@ def evaluation_report(
         "target_recall": config.calibration.target_recall,
     }
     info = steps.evaluate(splits, cascade_dir, config, run_info, progress_logger(context, "scoring test images"))
+    info["mlflow_run_id"] = registry.log_evaluation_run(info, config)
     overall = info["report"]["overall"] or {}
     cascade = overall.get("cascade") or {}
     return Output(
@@ -44,6 +45,7 @@ def evaluation_report(
             "cascade_auroc": number(cascade.get("auroc")),
             "heatmap_call_rate": number(overall.get("heatmap_call_rate")),
             "report_html": MetadataValue.path(str(Path(info["directory"]) / "report.html")),
+            "mlflow_run_id": info["mlflow_run_id"],
         },
     )
 
@@ -51,7 +53,9 @@ def evaluation_report(
 @asset(group_name="evaluation", description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
 def registered_model(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame, evaluation_report: dict) -> Output[dict]:
     test = splits[splits["split"] == "test_mix"]
-    info = registry.register_cascade(evaluation_report, test, settings.pipeline_config(), settings.model_name, log=context.log.info)
+    info = registry.register_cascade(
+        evaluation_report, evaluation_report["mlflow_run_id"], test, settings.pipeline_config(), settings.model_name, log=context.log.info
+    )
     return Output(
         info,
         metadata={

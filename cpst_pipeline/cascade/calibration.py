@@ -1,7 +1,8 @@
 """Choose per-domain thresholds on validation data.
 
-1. Heatmap scores are normalised with the domain's val-normal median and spread.
-2. The heatmap threshold is the largest one that keeps the target recall.
+1. Heatmap scores are normalised with the median and spread of the domain's normal
+   images that the memory bank never saw (val, plus the gate's training images).
+2. The heatmap threshold is the largest one that keeps the target recall on those images.
 3. The gate band [gate_low, gate_high) is the narrowest (fewest heatmap calls) that
    keeps the target recall and adds at most ``max_extra_fpr`` false-positive rate
    over running the heatmap on every image. Without that second bound the cheapest
@@ -54,8 +55,11 @@ def _threshold_at(sorted_scores: np.ndarray, position: int) -> float:
 def choose_gate_band(labels: np.ndarray, gate_scores: np.ndarray, heatmap_flags: np.ndarray, target_recall: float, max_fpr: float) -> tuple[float, float]:
     """(gate_low, gate_high) minimising heatmap calls under the recall and FPR bounds.
 
-    Falls back to (-inf, inf), the heatmap on every image, when no band qualifies.
+    Falls back to (-inf, inf), the heatmap on every image, when no band qualifies or
+    when there are no normal images to measure false positives on.
     """
+    if not (labels == 0).any():
+        return -math.inf, math.inf
     order = np.argsort(gate_scores, kind="stable")
     g, y, h = gate_scores[order], labels[order].astype(int), heatmap_flags[order].astype(int)
     n_pos, n_neg = y.sum(), (1 - y).sum()
@@ -84,22 +88,40 @@ def calibrate_domain(
     gate_scores: np.ndarray,
     raw_heatmap_scores: np.ndarray | None,
     config: CalibrationConfig,
+    extra_heatmap_evidence: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DomainCalibration:
+    """Thresholds for one domain from its val images (labels 1 = anomaly).
+
+    ``extra_heatmap_evidence`` = (labels, raw heatmap scores) of further images the memory
+    bank never saw (the gate's training images): they sharpen the heatmap normalisation and
+    threshold, which val alone estimates from a handful of defects. The gate band is chosen
+    on val only, because the gate has seen its own training images.
+    """
     labels = np.asarray(labels, dtype=int)
     gate_scores = np.asarray(gate_scores, dtype=float)
-    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
     if raw_heatmap_scores is None:
         return _calibrate_gate_only(domain, labels, gate_scores, config)
-    center, scale, notes = score_normaliser(np.asarray(raw_heatmap_scores, float), labels)
+    raw = np.asarray(raw_heatmap_scores, dtype=float)
+    evidence_labels, evidence_raw = labels, raw
+    if extra_heatmap_evidence is not None:
+        evidence_labels = np.concatenate([labels, np.asarray(extra_heatmap_evidence[0], dtype=int)])
+        evidence_raw = np.concatenate([raw, np.asarray(extra_heatmap_evidence[1], dtype=float)])
+    center, scale, notes = score_normaliser(evidence_raw, evidence_labels)
     calibration = DomainCalibration(domain, True, -math.inf, math.inf, center, scale, notes=notes)
-    normalised = (np.asarray(raw_heatmap_scores, float) - center) / scale
-    if n_pos == 0:
-        calibration.heatmap_threshold = float(np.quantile(normalised, 0.99))
-        calibration.notes.append("no anomalies in val: heatmap threshold is the 99th percentile of normal scores; gate not used")
+    normalised = (raw - center) / scale
+    evidence = (evidence_raw - center) / scale
+    if not evidence_labels.any():
+        calibration.heatmap_threshold = float(np.quantile(evidence, 0.99))
+        calibration.notes.append("no anomalies to calibrate on: heatmap threshold is the 99th percentile of normal scores")
     else:
-        calibration.heatmap_threshold = threshold_for_recall(labels, normalised, config.target_recall)
+        calibration.heatmap_threshold = threshold_for_recall(evidence_labels, evidence, config.target_recall)
+    if not labels.any():
+        calibration.notes.append("no anomalies in val: the gate is not used (heatmap on every image)")
+    else:
+        if (labels == 0).sum() == 0:
+            calibration.notes.append("no normal val images: false positives cannot be bounded, so the heatmap runs on every image")
         flags = normalised >= calibration.heatmap_threshold
-        heatmap_fpr = float(flags[labels == 0].mean()) if n_neg else 0.0
+        heatmap_fpr = float(flags[labels == 0].mean()) if (labels == 0).any() else 0.0
         calibration.gate_low, calibration.gate_high = choose_gate_band(
             labels, gate_scores, flags, config.target_recall, heatmap_fpr + config.max_extra_fpr
         )

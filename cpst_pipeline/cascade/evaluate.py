@@ -49,6 +49,9 @@ def run_test_split(
         image = load_image_rgb(record.path)
         decode = time.perf_counter() - started
         prediction = model.predict(image, record.domain, force_heatmap=True)
+        started = time.perf_counter()
+        routed = model.route(image)
+        route_seconds = time.perf_counter() - started
         seconds = prediction.seconds
         calibration = model.calibrations[record.domain]
         gate_seconds, heatmap_seconds = _stage_seconds(seconds, GATE_STAGES), _stage_seconds(seconds, HEATMAP_STAGES)
@@ -65,6 +68,8 @@ def run_test_split(
                 "cascade_decision": prediction.is_anomaly,
                 "heatmap_ran": prediction.heatmap_ran,
                 "heatmap_decision": has_heatmap and prediction.heatmap_score >= calibration.heatmap_threshold,
+                "routed_domain": routed or "unknown",
+                "route_s": route_seconds,
                 "decode_s": decode,
                 "gate_s": gate_seconds,
                 "heatmap_s": heatmap_seconds,
@@ -109,6 +114,11 @@ def _section(rows: pd.DataFrame, pixel_auroc: float | None, has_bank: bool, note
             **{stage: latency_summary(rows[f"{stage}_s"].dropna()) for stage in GATE_STAGES + HEATMAP_STAGES},
         },
         "pixel_auroc": pixel_auroc,
+        "routing": {
+            "accuracy": float((rows["routed_domain"] == rows["domain"]).mean()),
+            "unknown_rate": float((rows["routed_domain"] == "unknown").mean()),
+            "latency": latency_summary(rows["route_s"]),
+        },
         "has_bank": has_bank,
         "notes": notes,
     }

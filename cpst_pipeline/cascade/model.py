@@ -2,8 +2,9 @@
 
 Directory layout (no pickle anywhere)::
 
-    cascade.json                 backbone config, per-domain input sizes, scoring config
+    cascade.json                 backbone config, resolutions, per-domain input sizes, scoring config
     calibration.json             per-domain thresholds (see cascade.policy)
+    router.json                  domain centroids for images that come without a domain
     gate/gate.safetensors, gate/gate.json
     banks/<domain>/coreset.npy, index.faiss, bank.json
 """
@@ -11,6 +12,7 @@ Directory layout (no pickle anywhere)::
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,19 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
-from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration, cascade_score
+from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, UNKNOWN_DOMAIN_SCORE, DomainCalibration, cascade_score
 from cpst_pipeline.features.backbone import BackboneConfig
-from cpst_pipeline.features.embed import DomainInputs
+from cpst_pipeline.cascade.router import DomainRouter
+from cpst_pipeline.features.embed import DomainInputs, ResolutionConfig
 from cpst_pipeline.features.extractor import FeatureExtractor
+from cpst_pipeline.features.preprocess import fit_input_size
 from cpst_pipeline.gate.model import GateNet, load_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
 
+# Bumped whenever the directory layout changes, so cached cascades are rebuilt.
+CASCADE_FORMAT = 2
+
 
 @dataclass
 class Prediction:
-    domain: str
+    domain: str | None  # None: the image looks like no known domain (flagged, never scored against a bank)
     gate_score: float
     heatmap_ran: bool
     heatmap_score: float | None  # normalised; None when the heatmap did not run
@@ -43,11 +50,13 @@ class Prediction:
 def write_cascade_directory(
     directory: Path,
     backbone: BackboneConfig,
+    resolution: ResolutionConfig,
     inputs: dict[str, DomainInputs],
     scoring: ScoringConfig,
     gate_dir: Path,
     bank_dirs: dict[str, Path],
     calibrations: dict[str, DomainCalibration],
+    router: DomainRouter,
 ) -> Path:
     """Assemble a self-contained cascade directory from the pipeline's artifacts."""
     directory = Path(directory)
@@ -57,8 +66,10 @@ def write_cascade_directory(
     for domain, bank_dir in bank_dirs.items():
         shutil.copytree(bank_dir, directory / "banks" / domain)
     write_json_atomic(directory / "calibration.json", {d: c.to_dict() for d, c in calibrations.items()})
+    router.save(directory / "router.json")
     spec = {
         "backbone": asdict(backbone),
+        "resolution": asdict(resolution),
         "scoring": asdict(scoring),
         "domains": {d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size)} for d, i in inputs.items()},
     }
@@ -75,6 +86,8 @@ class CascadeModel:
         calibrations: dict[str, DomainCalibration],
         inputs: dict[str, DomainInputs],
         scoring: ScoringConfig,
+        resolution: ResolutionConfig,
+        router: DomainRouter,
     ):
         self.extractor = extractor
         self.gate = gate
@@ -82,6 +95,8 @@ class CascadeModel:
         self.calibrations = calibrations
         self.inputs = inputs
         self.scoring = scoring
+        self.resolution = resolution
+        self.router = router
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> "CascadeModel":
@@ -104,6 +119,8 @@ class CascadeModel:
             calibrations,
             inputs,
             ScoringConfig(**spec["scoring"]),
+            ResolutionConfig(**spec["resolution"]),
+            DomainRouter.load(directory / "router.json"),
         )
 
     @property
@@ -125,6 +142,12 @@ class CascadeModel:
         seconds["gate_head"] = time.perf_counter() - started
         return score
 
+    def route(self, image: np.ndarray) -> str | None:
+        """The domain an unlabelled image belongs to, or None if it looks like none of them."""
+        size = fit_input_size(image.shape[0], image.shape[1], self.resolution.gate_short_side, self.resolution.max_aspect)
+        embedding = self.extractor.image_embedding(self.extractor.batch([image], size)).cpu().numpy()
+        return self.router.route(embedding)[0]
+
     def heatmap(self, image: np.ndarray, domain: str, seconds: dict[str, float]) -> tuple[float, np.ndarray]:
         """Normalised image score and anomaly map from the domain's memory bank."""
         calibration, bank, size = self.calibrations[domain], self.banks[domain], self.inputs[domain].heatmap_size
@@ -140,11 +163,19 @@ class CascadeModel:
         seconds["map"] = time.perf_counter() - started
         return calibration.normalise(scores.image_score), normalised_map.astype(np.float32)
 
-    def predict(self, image: np.ndarray, domain: str, force_heatmap: bool = False) -> Prediction:
-        """Score one RGB image. ``force_heatmap`` runs the heatmap even when the gate is sure
-        (for the always-heatmap baseline); the decision still follows the cascade."""
-        calibration = self._check_domain(domain)
+    def predict(self, image: np.ndarray, domain: str | None = None, force_heatmap: bool = False) -> Prediction:
+        """Score one RGB image. Without ``domain`` the router picks one; an image that fits no
+        domain is flagged (``is_anomaly`` True, for review) rather than scored against a wrong bank.
+        ``force_heatmap`` runs the heatmap even when the gate is sure (for the always-heatmap
+        baseline); the decision still follows the cascade."""
         seconds: dict[str, float] = {}
+        if domain is None:
+            started = time.perf_counter()
+            domain = self.route(image)
+            seconds["route"] = time.perf_counter() - started
+            if domain is None:
+                return Prediction(None, math.nan, False, None, UNKNOWN_DOMAIN_SCORE, True, None, seconds)
+        calibration = self._check_domain(domain)
         gate_score = self.gate_score(image, domain, seconds)
         called = calibration.needs_heatmap(gate_score)
         heatmap_score, heatmap_map = None, None

@@ -6,8 +6,10 @@ between -> run the heatmap model and compare its normalised score with
 threshold, 1.5, reproduces every decision:
 
     [0, 1)  cleared by the gate        (gate probability)
-    (1, 2)  scored by the heatmap      (1 + sigmoid(normalised score - threshold))
+    (1, 2)  scored by the heatmap      (squashed normalised score - threshold, >= 1.5 is a defect)
     [2, 3]  flagged by the gate        (2 + gate probability)
+
+An image the router places in no known domain gets ``UNKNOWN_DOMAIN_SCORE`` (flagged for review).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 DECISION_THRESHOLD = 1.5
+UNKNOWN_DOMAIN_SCORE = 3.0
 
 
 @dataclass
@@ -42,16 +45,30 @@ class DomainCalibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DomainCalibration":
-        return cls(**{k: _from_str(v) for k, v in data.items()})
+        return cls(**{k: _from_str(v) if k in _FLOAT_FIELDS else v for k, v in data.items()})
 
 
 def cascade_score(calibration: DomainCalibration, gate_score: float, normalised_heatmap_score: float | None) -> float:
     if normalised_heatmap_score is not None:
-        margin = normalised_heatmap_score - calibration.heatmap_threshold
-        return 1.0 + 1.0 / (1.0 + math.exp(-max(min(margin, 50.0), -50.0)))
+        return _heatmap_tier(normalised_heatmap_score - calibration.heatmap_threshold)
     if gate_score >= calibration.gate_high:
         return 2.0 + gate_score
-    return min(gate_score, 0.999999)
+    return min(gate_score, math.nextafter(1.0, 0.0))
+
+
+def _heatmap_tier(margin: float) -> float:
+    """Map a margin to the open interval (1, 2), monotone, with margin >= 0 <=> result >= 1.5.
+
+    The clamps keep rounding from pushing a tiny negative margin onto 1.5 or a huge
+    one onto the gate tiers' boundaries.
+    """
+    squashed = 1.5 + 0.5 * margin / (1.0 + abs(margin))
+    if margin >= 0:
+        return min(max(squashed, DECISION_THRESHOLD), math.nextafter(2.0, 1.0))
+    return max(min(squashed, math.nextafter(DECISION_THRESHOLD, 1.0)), math.nextafter(1.0, 2.0))
+
+
+_FLOAT_FIELDS = ("gate_low", "gate_high", "score_center", "score_scale", "heatmap_threshold")
 
 
 def _finite_or_str(value):
@@ -61,5 +78,5 @@ def _finite_or_str(value):
     return value
 
 
-def _from_str(value):
-    return float(value) if value in ("inf", "-inf") else value
+def _from_str(value) -> float:
+    return float(value)

@@ -1,6 +1,8 @@
 """MLflow "model from code" for the cascade: MLflow stores this file, not a pickled object.
 
-Input: a DataFrame with ``path`` (image file) and ``domain`` columns.
+Input: a DataFrame with a ``path`` column (image file) and, optionally, ``domain``; where the
+domain is missing the model's router picks it, and an image that fits no known domain comes
+back with ``domain`` None and ``is_anomaly`` True (flagged for review).
 Output, one row per image: ``domain``, ``anomaly_score``, ``is_anomaly``, ``heatmap_ran``,
 ``gate_score``, ``heatmap_score`` and ``heatmap`` (an (H, W) float32 array, or None when
 the gate decided alone).
@@ -21,15 +23,15 @@ class CascadePyfunc(PythonModel):
         self.model = CascadeModel.load(context.artifacts["cascade"])
 
     def predict(self, context, model_input, params=None):
-        missing = {"path", "domain"} - set(model_input.columns)
-        if missing:
-            raise ValueError(f"input needs columns 'path' and 'domain'; missing {sorted(missing)}")
+        if "path" not in model_input.columns:
+            raise ValueError(f"input needs a 'path' column (and optionally 'domain'); got {list(model_input.columns)}")
+        domains = model_input["domain"] if "domain" in model_input.columns else [None] * len(model_input)
         rows = []
-        for path, domain in zip(model_input["path"], model_input["domain"]):
-            prediction = self.model.predict(load_image_rgb(path), domain)
+        for path, domain in zip(model_input["path"], domains):
+            prediction = self.model.predict(load_image_rgb(path), domain if isinstance(domain, str) else None)
             rows.append(
                 {
-                    "domain": domain,
+                    "domain": prediction.domain,
                     "anomaly_score": prediction.anomaly_score,
                     "is_anomaly": prediction.is_anomaly,
                     "heatmap_ran": prediction.heatmap_ran,

@@ -42,7 +42,10 @@ cheap and needs no host synchronisation.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import os
 import warnings
 
 import numpy as np
@@ -51,13 +54,24 @@ __all__ = ["coreset_size", "coverage_radius", "greedy_coreset"]
 
 # Scratch blocks hold at most this many float32 values (16 MiB).
 _BLOCK_ELEMS = 1 << 22
-# Candidate pool size (points whose distances are kept exact between flushes).
+# Candidate pool size (rows whose distances are kept exact between flushes).
 _POOL_SIZE = 1024
 # Most centres picked between two batch updates of the bank.
 _MAX_PENDING = 512
-# Relative safety margin of the pruning test  2 d(x) > d(p, c_a(x))  (squared: 4 d^2 > m^2).
+# Pruning test 2 d(x) > d(p, c), squared, with a relative safety margin for float32 rounding.
 _PRUNE_SLACK = 4.0 * (1.0 + 1e-3)
-_DBG = None
+# Pending centres within sqrt(_GROUP_RADIUS2) x (current pick distance) of a group's leader join it ...
+_GROUP_RADIUS2 = 16.0
+# ... up to this many centres per group.
+_GROUP_MAX = 64
+# Cost of gathering one bank row, in units of one row-centre distance (for choosing the update mode).
+_GATHER_COST = 32
+# Whole-bank updates of at least this many row-centre distances use all BLAS threads.
+_BIG_PRODUCT = 1 << 22
+# Coarse index over the centres: built at this many centres, rebuilt whenever their number doubled,
+# with about _COARSE_PER_SQRT * sqrt(centres) cells.
+_COARSE_MIN = 1024
+_COARSE_PER_SQRT = 2.0
 
 
 def coreset_size(n_points: int, ratio: float) -> int:
@@ -148,118 +162,360 @@ def _centre_form(xa_rows: np.ndarray) -> np.ndarray:
     return ca
 
 
-def _flush(xa, cen, sel, f0, f1, mind2, assign) -> None:
-    """Apply the pending centres ``sel[f0:f1]`` to every point that they can affect.
+class _BlasThreads:
+    """Best-effort, thread-local control of the number of OpenBLAS threads numpy uses.
 
-    ``xa`` is the augmented bank (:func:`_augmented`) and ``cen[:f0]`` holds the
-    augmented rows of the centres applied so far.  Updates ``mind2`` (squared
-    distance to the nearest applied centre; -1 for selected points) and
-    ``assign`` (position in ``sel`` of that centre).
+    Small matrix products split over the cores of a busy machine spend most of
+    their time waiting for the other threads (about 10x slower, measured on 2
+    shared cores), so the selection runs its many small products on one thread
+    and only the big whole-bank products on the default pool.  Uses
+    ``openblas_set_num_threads_local`` (OpenBLAS >= 0.3.27, as bundled with
+    numpy wheels); with any other BLAS it does nothing.
     """
-    n = xa.shape[0]
-    pend = sel[f0:f1]
-    cen[f0:f1] = xa[pend]
-    cp = _centre_form(cen[f0:f1]).T.copy()  # (D + 2, B)
-    b = f1 - f0
 
-    if f0 == 0:
-        cand = None  # first flush: every point is new
-    else:
-        # m2[j]: squared distance from old centre j to its nearest pending centre.
-        m2 = np.empty(f0, dtype=np.float32)
-        rows = max(256, _BLOCK_ELEMS // b)
-        for s in range(0, f0, rows):
-            e = min(f0, s + rows)
-            (cen[s:e] @ cp).min(axis=1, out=m2[s:e])
-        # A pending centre p can beat x's current centre c only if d(p, c) < 2 d(x, c).
-        keep = np.multiply(mind2, _PRUNE_SLACK)
-        np.greater(keep, m2[assign], out=keep)
-        cand = np.flatnonzero(keep)
-        del keep
-        if _DBG is not None:
-            pairs = 0
-            for s0 in range(0, f0, 2048):
-                G = cen[s0:s0+2048] @ cp
-                msk = (assign >= s0) & (assign < s0 + 2048)
-                xs = np.flatnonzero(msk)
-                pairs += int((_PRUNE_SLACK * mind2[xs][:, None] > G[assign[xs] - s0]).sum())
-            _DBG.append((f0, b, cand.size, pairs))
-        if cand.size == 0:
-            assign[pend] = np.arange(f0, f1, dtype=assign.dtype)
+    _setter = None
+    _probed = False
+
+    @classmethod
+    def _find(cls):
+        if not cls._probed:
+            cls._probed = True
+            try:
+                with open("/proc/self/maps") as maps:
+                    paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.lower() and "/" in ln})
+                for path in paths:
+                    lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
+                    fn = getattr(lib, "openblas_set_num_threads_local", None)
+                    if fn is not None:
+                        fn.restype = ctypes.c_int
+                        fn.argtypes = [ctypes.c_int]
+                        cls._setter = fn
+                        break
+            except Exception:  # pragma: no cover - no /proc, no OpenBLAS, ...
+                cls._setter = None
+        return cls._setter
+
+    @classmethod
+    @contextlib.contextmanager
+    def limit(cls, n_threads: int | None):
+        """Within the block, numpy's BLAS calls from this thread use ``n_threads`` threads (None: unchanged)."""
+        fn = cls._find() if n_threads is not None else None
+        if fn is None:
+            yield
             return
-        if cand.size > n // 2:
-            cand = None  # cheaper to stream the whole bank than to gather most of it
+        prev = fn(int(n_threads))
+        try:
+            yield
+        finally:
+            fn(prev)
 
-    rows = max(64, _BLOCK_ELEMS // b)
-    total = n if cand is None else cand.size
-    for s in range(0, total, rows):
-        e = min(total, s + rows)
-        if cand is None:
-            idx = slice(s, e)
-            g = xa[s:e] @ cp
-        else:
-            idx = cand[s:e]
-            g = xa[idx] @ cp
+
+def _update_rows(xa, rows, cpt, col_ids, mind2, assign) -> None:
+    """Lower ``mind2``/``assign`` of bank rows ``rows`` (slice or index array) with the centres ``cpt``.
+
+    ``cpt`` holds centre-form rows (:func:`_centre_form`), ``col_ids`` their ids
+    (positions in the selection order).
+    """
+    g = xa[rows] @ cpt.T
+    if g.shape[1] == 1:
+        j = np.zeros(g.shape[0], dtype=np.intp)
+        v = g[:, 0]
+    else:
         j = g.argmin(axis=1)
         v = np.take_along_axis(g, j[:, None], axis=1)[:, 0]
-        upd = v < mind2[idx]  # selected points hold -1 and never update
-        pos = np.flatnonzero(upd)
-        if cand is None:
-            pos += s
-        else:
-            pos = idx[pos]
-        mind2[pos] = np.maximum(v[upd], 0.0)
-        assign[pos] = j[upd] + f0
-    assign[pend] = np.arange(f0, f1, dtype=assign.dtype)
+    upd = v < mind2[rows]  # selected rows hold -1 and never update
+    pos = np.flatnonzero(upd)
+    if pos.size == 0:
+        return
+    if isinstance(rows, slice):
+        pos += rows.start
+    else:
+        pos = rows[pos]
+    mind2[pos] = np.maximum(v[upd], 0.0)
+    assign[pos] = col_ids[j[upd]]
 
 
-def _greedy_numpy(x: np.ndarray, n_select: int, start_index: int) -> np.ndarray:
-    xa = _augmented(x)
-    n, d = xa.shape[0], xa.shape[1] - 2
-    sel = np.empty(n_select, dtype=np.int64)
-    cen = np.empty((n_select, d + 2), dtype=np.float32)
-    mind2 = np.full(n, np.inf, dtype=np.float32)
-    assign = np.zeros(n, dtype=np.int64)
+def _group_pending(cen_p, cpt, scale2):
+    """Split the pending centres into groups of nearby centres (leader clustering).
 
-    sel[0] = start_index
-    mind2[start_index] = -1.0
-    n_sel = 1
-    n_applied = 0
-    while True:
-        _flush(xa, cen, sel, n_applied, n_sel, mind2, assign)
-        n_applied = n_sel
-        if n_sel >= n_select:
-            break
+    Centres of one group touch overlapping parts of the bank, so each bank row
+    is fetched about once per batch while the distances computed stay close to
+    the (row, centre) pairs that really interact.  Returns a permutation of
+    ``range(B)`` that makes groups contiguous and the group boundaries in it.
+    """
+    b = cen_p.shape[0]
+    pp = cen_p @ cpt.T  # (B, B) squared distances
+    lim = _GROUP_RADIUS2 * scale2
+    free = np.ones(b, dtype=bool)
+    perm = np.empty(b, dtype=np.intp)
+    bounds = [0]
+    k = 0
+    for p in range(b):
+        if not free[p]:
+            continue
+        near = free & (pp[p] <= lim)
+        near[p] = False
+        mem = np.concatenate(([p], np.flatnonzero(near)[: _GROUP_MAX - 1]))
+        free[mem] = False
+        perm[k:k + mem.size] = mem
+        k += mem.size
+        bounds.append(k)
+    return perm, np.asarray(bounds, dtype=np.intp)
 
-        # Rebuild the pool: the T farthest points; tau bounds everything else.
-        avail = n - n_sel
-        t = min(_POOL_SIZE, avail)
-        if t == avail:
-            pool = np.flatnonzero(mind2 >= 0.0)
-            tau = -np.inf
-        else:
-            part = np.argpartition(mind2, n - t - 1)
-            pool = part[n - t:]
-            tau = float(mind2[part[n - t - 1]])
-            del part
-        pxa = xa[pool]
+
+def _runs_min(jj, ss, vals):
+    """Collapse runs of equal ``(jj, ss)`` (as ``np.nonzero`` yields them) to ``(j, s, min(vals))``."""
+    new = np.empty(jj.size, dtype=bool)
+    new[0] = True
+    np.not_equal(jj[1:], jj[:-1], out=new[1:])
+    new[1:] |= ss[1:] != ss[:-1]
+    first = np.flatnonzero(new)
+    return jj[first], ss[first], np.minimum.reduceat(vals, first)
+
+
+class _GreedyKCenter:
+    """Exact greedy k-center on the CPU (see the module docstring for the method).
+
+    State, for the ``n`` bank rows: ``mind2`` (squared distance to the nearest
+    *applied* centre; -1 for selected rows) and ``assign`` (that centre's id =
+    its position in the selection order).  For the centres: their rows
+    ``cen`` and a coarse index (``cell``, ``delta``) over them.
+    """
+
+    def __init__(self, features: np.ndarray, n_select: int):
+        self.xa = _augmented(features)
+        self.n = self.xa.shape[0]
+        d = self.xa.shape[1] - 2
+        self.k = n_select
+        self.sel = np.empty(n_select, dtype=np.int64)
+        self.pick2 = np.empty(n_select, dtype=np.float32)  # squared distance of each pick when picked
+        self.cen = np.empty((n_select, d + 2), dtype=np.float32)
+        self.mind2 = np.full(self.n, np.inf, dtype=np.float32)
+        self.assign = np.zeros(self.n, dtype=np.int64)
+        # Coarse index over the centres: a few of them serve as cell centres.
+        self.coarse = None  # (K0, D + 2) row form
+        self.coarse_at = 0  # number of centres when it was built
+        self.cell = np.zeros(n_select, dtype=np.intp)
+        self.delta = np.zeros(n_select, dtype=np.float32)  # distance to the cell centre
+        # Absolute scale of the data, for the rounding margins of the bounds.
+        self.tol = 1e-3 * float(np.sqrt(max(float(self.xa[:, d + 1].max()), 0.0))) if self.n else 0.0
+
+    # -- main loop -----------------------------------------------------------------
+
+    def run(self, start_index: int) -> np.ndarray:
+        n, k = self.n, self.k
+        sel, mind2 = self.sel, self.mind2
+        sel[0] = start_index
+        self.pick2[0] = np.inf
+        mind2[start_index] = -1.0
+        n_sel = 1
+        n_applied = 0
+        while True:
+            self._flush(n_applied, n_sel)
+            n_applied = n_sel
+            if n_sel >= k:
+                return sel
+            # The pool: the T farthest rows, kept exact while centres are picked;
+            # tau bounds every row outside it (distances only ever decrease).
+            avail = n - n_sel
+            t = min(_POOL_SIZE, avail)
+            if t == avail:
+                pool = np.flatnonzero(mind2 >= 0.0)
+                tau = -np.inf
+            else:
+                part = np.argpartition(mind2, n - t - 1)
+                pool = part[n - t:]
+                tau = float(mind2[part[n - t - 1]])
+                del part
+            with _BlasThreads.limit(1):
+                n_sel = self._pick_from_pool(pool, tau, n_sel, min(k, n_applied + _MAX_PENDING))
+
+    def _pick_from_pool(self, pool, tau, n_sel, limit) -> int:
+        """Greedy picks from the pool while its best row is provably the global farthest."""
+        pxa = self.xa[pool]
         pca = _centre_form(pxa)
-        pd = mind2[pool]  # fancy indexing: a copy
-
-        limit = min(n_select, n_applied + _MAX_PENDING)
+        pd = self.mind2[pool]  # a copy
+        sel, pick2, mind2 = self.sel, self.pick2, self.mind2
         while n_sel < limit:
             i = int(pd.argmax())
-            if pd[i] < tau or pd[i] < -0.5:
-                break  # pool exhausted: a point outside it may now be the farthest
+            v = pd[i]
+            if v < tau or v < -0.5:
+                break  # pool exhausted: a row outside it may now be the farthest
             c = pool[i]
             sel[n_sel] = c
+            pick2[n_sel] = v
             n_sel += 1
             mind2[c] = -1.0
             dd = pxa @ pca[i]
             np.maximum(dd, 0.0, out=dd)
             np.minimum(pd, dd, out=pd)
             pd[i] = -1.0
-    return sel
+        return n_sel
+
+    # -- applying a batch of centres -------------------------------------------------
+
+    def _flush(self, f0: int, f1: int) -> None:
+        """Apply the pending centres ``f0:f1`` to every bank row that they can affect.
+
+        Pruning: a pending centre ``p`` can only beat row ``x``'s centre ``c`` if
+        ``d(p, c) < 2 d(x, c)``.  Pending centres are grouped by proximity; for
+        each group only the clusters whose radius passes the test against a
+        centre of the group are opened, and of their rows only those that pass
+        it themselves.  When that would save too little (while the picks are
+        isolated outliers, or on structureless high-dimensional data) the batch
+        is applied to the whole bank with big matrix products instead.
+        """
+        xa, mind2, assign = self.xa, self.mind2, self.assign
+        n, b = self.n, f1 - f0
+        pend = self.sel[f0:f1]
+        self.cen[f0:f1] = xa[pend]
+        cpt = _centre_form(self.cen[f0:f1])  # (B, D + 2)
+        ids = np.arange(f0, f1, dtype=assign.dtype)
+
+        done = False
+        if f0 > 0:
+            with _BlasThreads.limit(1):
+                # CSR of the bank by current centre; every cluster holds at least its centre.
+                order = np.argsort(assign)
+                counts = np.bincount(assign, minlength=f0)
+                starts = np.zeros(f0 + 1, dtype=np.int64)
+                np.cumsum(counts, out=starts[1:])
+                lim_sorted = mind2[order]  # snapshot: the tests use pre-flush distances
+                lim_sorted *= _PRUNE_SLACK
+                r2 = np.maximum.reduceat(lim_sorted, starts[:-1])  # (2 radius)^2 of each cluster, > 0 if open
+                if f0 >= _COARSE_MIN and f0 >= 2 * self.coarse_at:
+                    self._build_coarse(f0, r2)
+                perm, bounds = _group_pending(self.cen[f0:f1], cpt, float(self.pick2[f1 - 1]))
+                cpt_p, ids_p = cpt[perm], ids[perm]
+                gsize = np.diff(bounds)
+                gid_of = np.repeat(np.arange(gsize.size), gsize)
+                if self.coarse is None:
+                    pairs = self._pairs_direct(f0, cpt_p, gid_of, gsize, r2, counts, n * b)
+                else:
+                    pairs = self._pairs_coarse(f0, cpt_p, gid_of, gsize, r2, counts, n * b)
+                if pairs is not None:
+                    self._pruned_update(pairs, cpt_p, ids_p, bounds, counts, starts, order, lim_sorted)
+                    done = True
+        if not done:
+            # Whole bank: big products, on all BLAS threads.
+            rows = max(64, _BLOCK_ELEMS // b)
+            with _BlasThreads.limit(None if n * b >= _BIG_PRODUCT else 1):
+                for s in range(0, n, rows):
+                    _update_rows(xa, slice(s, min(n, s + rows)), cpt, ids, mind2, assign)
+        assign[pend] = ids
+        if self.coarse is not None:
+            self._index_centres(f0, f1)
+
+    def _pruned_update(self, pairs, cpt_p, ids_p, bounds, counts, starts, order, lim_sorted) -> None:
+        """Update, group by group, the rows of the clusters in ``pairs`` that pass the row-level test."""
+        pj, ps, pm = pairs
+        o = np.argsort(ps, kind="stable")
+        pj, ps, pm = pj[o], ps[o], pm[o]
+        gb = np.searchsorted(ps, np.arange(bounds.size))
+        for gi in np.flatnonzero(gb[1:] > gb[:-1]).tolist():
+            lo, hi = gb[gi], gb[gi + 1]
+            jj = pj[lo:hi]
+            seg = counts[jj]
+            tot = int(seg.sum())
+            off = np.cumsum(seg) - seg
+            pos = np.repeat(starts[jj] - off, seg) + np.arange(tot)
+            keep = lim_sorted[pos] > np.repeat(pm[lo:hi], seg)
+            cand = order[pos[keep]]
+            if cand.size == 0:
+                continue
+            a, z = bounds[gi], bounds[gi + 1]
+            step = max(64, _BLOCK_ELEMS // (z - a))
+            for s in range(0, cand.size, step):
+                _update_rows(self.xa, cand[s:s + step], cpt_p[a:z], ids_p[a:z], self.mind2, self.assign)
+
+    # -- which (cluster, group) pairs can interact ----------------------------------
+
+    def _pairs_direct(self, f0, cpt_p, gid_of, gsize, r2, counts, budget):
+        """(cluster j, group s, min_{p in s} d(p, c_j)^2) for every pair passing ``d(p, c_j)^2 < 4 r_j^2``.
+
+        Computes all old-centre x pending distances.  None as soon as the
+        estimated cost of the pruned update exceeds ``budget``.
+        """
+        b = cpt_p.shape[0]
+        rows = max(64, _BLOCK_ELEMS // b)
+        out, cost = [], 0
+        for s in range(0, f0, rows):
+            e = min(f0, s + rows)
+            g = self.cen[s:e] @ cpt_p.T
+            jj, pp = np.nonzero(g < r2[s:e, None])
+            if jj.size == 0:
+                continue
+            jj, ss, mm = _runs_min(jj + s, gid_of[pp], g[jj, pp])
+            cost += int((counts[jj] * (gsize[ss] + _GATHER_COST)).sum())
+            if cost > budget:
+                return None
+            out.append((jj, ss, mm))
+        return self._concat_pairs(out)
+
+    def _pairs_coarse(self, f0, cpt_p, gid_of, gsize, r2, counts, budget):
+        """As :meth:`_pairs_direct`, skipping whole cells of the coarse index.
+
+        ``d(p, c_j) >= d(p, o_q) - d(c_j, o_q)``: if ``d(p, o_q) >= max_{j in q}
+        (d(c_j, o_q) + 2 r_j)`` no open cluster of cell ``q`` can interact with ``p``.
+        """
+        open_ids = np.flatnonzero(r2[:f0] > 0.0)
+        if open_ids.size == 0:
+            return self._concat_pairs([])
+        two_r = np.sqrt(r2[open_ids])
+        cells = self.cell[open_ids]
+        k0 = self.coarse.shape[0]
+        reach = np.full(k0, -np.inf, dtype=np.float32)
+        np.maximum.at(reach, cells, self.delta[open_ids] + two_r)
+        lim = reach * (1.0 + 1e-3) + self.tol
+        lim2 = np.where(reach > -np.inf, lim * lim, -1.0).astype(np.float32)
+        hit = (self.coarse @ cpt_p.T) < lim2[:, None]  # (K0, B)
+        oc = np.argsort(cells, kind="stable")
+        by_cell = open_ids[oc]
+        cstart = np.searchsorted(cells[oc], np.arange(k0 + 1))
+        out, cost = [], 0
+        for q in np.flatnonzero(hit.any(axis=1)).tolist():
+            js = by_cell[cstart[q]:cstart[q + 1]]
+            cols = np.flatnonzero(hit[q])
+            g = self.cen[js] @ cpt_p[cols].T
+            jj, pp = np.nonzero(g < r2[js][:, None])
+            if jj.size == 0:
+                continue
+            jj, ss, mm = _runs_min(js[jj], gid_of[cols[pp]], g[jj, pp])
+            cost += int((counts[jj] * (gsize[ss] + _GATHER_COST)).sum())
+            if cost > budget:
+                return None
+            out.append((jj, ss, mm))
+        return self._concat_pairs(out)
+
+    @staticmethod
+    def _concat_pairs(out):
+        if not out:
+            return np.empty(0, np.int64), np.empty(0, np.intp), np.empty(0, np.float32)
+        return tuple(np.concatenate(parts) for parts in zip(*out))
+
+    # -- coarse index over the centres --------------------------------------------------
+
+    def _build_coarse(self, f0: int, r2: np.ndarray) -> None:
+        """Pick ~``_COARSE_PER_SQRT * sqrt(f0)`` open centres as cell centres and index centres ``0:f0``."""
+        open_ids = np.flatnonzero(r2[:f0] > 0.0)
+        k0 = int(min(open_ids.size, max(16, _COARSE_PER_SQRT * math.sqrt(f0))))
+        if k0 == 0:
+            return
+        pick = open_ids[np.linspace(0, open_ids.size - 1, k0).astype(np.int64)]
+        self.coarse = self.cen[np.unique(pick)].copy()
+        self.coarse_at = f0
+        self._index_centres(0, f0)
+
+    def _index_centres(self, f0: int, f1: int) -> None:
+        """Cell (nearest coarse centre) and the distance to it for centres ``f0:f1``."""
+        cct = _centre_form(self.coarse)
+        rows = max(64, _BLOCK_ELEMS // cct.shape[0])
+        for s in range(f0, f1, rows):
+            e = min(f1, s + rows)
+            g = self.cen[s:e] @ cct.T
+            j = g.argmin(axis=1)
+            self.cell[s:e] = j
+            self.delta[s:e] = np.sqrt(np.maximum(g[np.arange(e - s), j], 0.0))
 
 
 def _greedy_torch(features: np.ndarray, n_select: int, start_index: int, device) -> np.ndarray:
@@ -341,7 +597,7 @@ def greedy_coreset(
         elif tdev.type != "cpu":
             return _greedy_torch(x, n_select, start_index, tdev)
 
-    return _greedy_numpy(x, n_select, start_index)
+    return _GreedyKCenter(x, n_select).run(start_index)
 
 
 def coverage_radius(features: np.ndarray, selected_indices: np.ndarray, chunk_size: int = 65536) -> float:

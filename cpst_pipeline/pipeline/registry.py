@@ -90,21 +90,36 @@ def champion_f1_on(test: pd.DataFrame, name: str, fingerprint: str, champion) ->
     return selection_f1((test["label"] == "anomaly").to_numpy(), predictions["is_anomaly"].to_numpy())
 
 
-def register_cascade(evaluation: dict, test: pd.DataFrame, config: PipelineConfig, model_name: str, log=print) -> dict:
-    """Log run + model, alias it ``challenger``, promote to ``champion`` if at least as good on this test split."""
+def log_evaluation_run(evaluation: dict, config: PipelineConfig) -> str:
+    """One MLflow run per evaluated report (params, metrics, report files); reused if already logged."""
+    mlflow.set_tracking_uri(tracking_uri(config))
+    experiment_id = _experiment_id(config)
+    report_key = Path(evaluation["directory"]).name
+    existing = mlflow.search_runs([experiment_id], filter_string=f"tags.report_key = '{report_key}'", output_format="list")
+    if existing:
+        return existing[0].info.run_id
+    predictions = pd.read_parquet(Path(evaluation["directory"]) / "predictions.parquet")
+    f1 = selection_f1(predictions["label"].to_numpy(), predictions["cascade_decision"].to_numpy())
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"cascade-{Path(evaluation['cascade_dir']).name}") as run:
+        mlflow.set_tags({"report_key": report_key, "test_fingerprint": evaluation["test_fingerprint"]})
+        mlflow.log_params({k: str(v) for k, v in _flat_config(config).items()})
+        mlflow.log_metrics({**_flat_metrics(evaluation["report"]), "selection_f1": f1})
+        mlflow.log_artifacts(evaluation["directory"], artifact_path="report")
+    return run.info.run_id
+
+
+def register_cascade(evaluation: dict, run_id: str, test: pd.DataFrame, config: PipelineConfig, model_name: str, log=print) -> dict:
+    """Log the model into the evaluation's run, alias it ``challenger``, and promote it to
+    ``champion`` if it is at least as good as the current champion on this test split."""
     mlflow.set_tracking_uri(tracking_uri(config))
     client = MlflowClient()
     cascade_dir = Path(evaluation["cascade_dir"])
     fingerprint = evaluation["test_fingerprint"]
-    predictions = pd.read_parquet(Path(evaluation["directory"]) / "predictions.parquet")
-    f1 = selection_f1(predictions["label"].to_numpy(), predictions["cascade_decision"].to_numpy())
+    f1 = client.get_run(run_id).data.metrics["selection_f1"]
 
     version = _existing_version(client, model_name, cascade_dir.name)
     if version is None:
-        with mlflow.start_run(experiment_id=_experiment_id(config), run_name=f"cascade-{cascade_dir.name}") as run:
-            mlflow.log_params({f"{k}": str(v) for k, v in _flat_config(config).items()})
-            mlflow.log_metrics({**_flat_metrics(evaluation["report"]), "selection_f1": f1})
-            mlflow.log_artifacts(evaluation["directory"], artifact_path="report")
+        with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="cascade",
                 python_model=str(PYFUNC_CODE),
@@ -114,7 +129,7 @@ def register_cascade(evaluation: dict, test: pd.DataFrame, config: PipelineConfi
                 registered_model_name=model_name,
             )
         version = client.get_model_version(model_name, str(info.registered_model_version))
-        for key, value in {"cascade_key": cascade_dir.name, "test_fingerprint": fingerprint, "selection_f1": f"{f1:.6f}", "run_id": run.info.run_id}.items():
+        for key, value in {"cascade_key": cascade_dir.name, "test_fingerprint": fingerprint, "selection_f1": f"{f1:.6f}"}.items():
             client.set_model_version_tag(model_name, version.version, key, value)
         log(f"registered {model_name} version {version.version}")
     else:
@@ -138,6 +153,7 @@ def register_cascade(evaluation: dict, test: pd.DataFrame, config: PipelineConfi
         "promoted_to_champion": promoted,
         "reason": reason,
         "selection_f1": f1,
+        "run_id": run_id,
         "tracking_uri": tracking_uri(config),
         "model_uri": f"models:/{model_name}/{version.version}",
     }

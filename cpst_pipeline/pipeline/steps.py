@@ -19,8 +19,9 @@ from sklearn.metrics import roc_auc_score
 
 from cpst_pipeline.cascade.calibration import calibrate_domain
 from cpst_pipeline.cascade.evaluate import build_report, run_test_split, write_figures
-from cpst_pipeline.cascade.model import CascadeModel, write_cascade_directory
+from cpst_pipeline.cascade.model import CASCADE_FORMAT, CascadeModel, write_cascade_directory
 from cpst_pipeline.cascade.policy import DomainCalibration
+from cpst_pipeline.cascade.router import DomainRouter
 from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.data.index import IndexResult, build_index
 from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
@@ -32,7 +33,7 @@ from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.gate.model import GateNet, load_gate, save_gate
 from cpst_pipeline.gate.train import train_gate
 from cpst_pipeline.io_utils import atomic_directory, atomic_path, write_json_atomic, write_text_atomic
-from cpst_pipeline.patchcore.bank import build_memory_bank, load_memory_bank, save_memory_bank
+from cpst_pipeline.patchcore.bank import MemoryBank, build_memory_bank, load_memory_bank, save_memory_bank
 from cpst_pipeline.patchcore.scoring import score_patches
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 
@@ -67,7 +68,7 @@ def embed_images(splits: pd.DataFrame, config: PipelineConfig, log: Log = print)
     store = FeatureStore(config.features_dir)
     extractor = cache(lambda: FeatureExtractor(config.backbone, config.device))
     no_bank = set(domains_without_normals(splits))
-    computed = {}
+    computed, seconds = {}, {}
     for domain, inputs in input_sizes(splits, config).items():
         rows = splits[splits["domain"] == domain]
 
@@ -75,10 +76,17 @@ def embed_images(splits: pd.DataFrame, config: PipelineConfig, log: Log = print)
             if done == total or done % (10 * config.batch_size) == 0:
                 log(f"embeddings {domain}: {done}/{total} new images")
 
+        started = time.perf_counter()
         computed[domain] = embed_domain(
             store, config.backbone, extractor, rows, inputs, domain not in no_bank, config.batch_size, progress
         )
-    return {"backbone_key": config.backbone.key(), "computed": computed, "images": int(splits["content_hash"].nunique())}
+        seconds[domain] = round(time.perf_counter() - started, 3)
+    return {
+        "backbone_key": config.backbone.key(),
+        "computed": computed,
+        "seconds": seconds,
+        "images": int(splits["content_hash"].nunique()),
+    }
 
 
 def stored_features(config: PipelineConfig, kind: str, frame: pd.DataFrame) -> list[np.ndarray]:
@@ -179,19 +187,22 @@ def build_banks(splits: pd.DataFrame, config: PipelineConfig, log: Log = print) 
     return {"banks": banks, "skipped": skipped}
 
 
-def _raw_heatmap_scores(config: PipelineConfig, bank_dir: Path, frame: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
-    bank = load_memory_bank(bank_dir)
+def _raw_heatmap_scores(config: PipelineConfig, bank: MemoryBank, frame: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
     patches = stored_features(config, patch_kind(config.backbone.key(), size), frame)
     return np.array([score_patches(bank, p, config.scoring).image_score for p in patches])
 
 
 def calibrate(splits: pd.DataFrame, gate_info: dict, banks_info: dict, config: PipelineConfig) -> dict:
+    """Per-domain thresholds; the gate band on val_mix, the heatmap threshold on val_mix + train_mix
+    (both unseen by the memory banks)."""
     val = splits[splits["split"] == "val_mix"]
+    train_mix = splits[splits["split"] == "train_mix"]
     banks = banks_info["banks"]
     key = content_key(
         gate_info["key"],
         {d: b["key"] for d, b in banks.items()},
         sorted(zip(val["content_hash"], val["label"], val["domain"])),
+        sorted(zip(train_mix["content_hash"], train_mix["label"], train_mix["domain"])),
         config.calibration,
         config.scoring,
     )
@@ -202,9 +213,13 @@ def calibrate(splits: pd.DataFrame, gate_info: dict, banks_info: dict, config: P
         calibrations = {}
         for domain in sorted(splits["domain"].unique()):
             members = (val["domain"] == domain).to_numpy()
-            rows = val[members]
-            raw = _raw_heatmap_scores(config, Path(banks[domain]["path"]), rows, inputs[domain].heatmap_size) if domain in banks else None
-            calibrations[domain] = calibrate_domain(domain, _labels(rows), scores[members], raw, config.calibration)
+            rows, extra = val[members], train_mix[train_mix["domain"] == domain]
+            raw, evidence = None, None
+            if domain in banks:
+                bank, size = load_memory_bank(Path(banks[domain]["path"])), inputs[domain].heatmap_size
+                raw = _raw_heatmap_scores(config, bank, rows, size)
+                evidence = (_labels(extra), _raw_heatmap_scores(config, bank, extra, size))
+            calibrations[domain] = calibrate_domain(domain, _labels(rows), scores[members], raw, config.calibration, evidence)
         write_json_atomic(path, {d: c.to_dict() for d, c in calibrations.items()})
     return {"path": str(path), "key": key, "domains": json.loads(path.read_text())}
 
@@ -218,18 +233,28 @@ def test_fingerprint(splits: pd.DataFrame) -> str:
     return content_key(sorted(zip(test["content_hash"], test["label"], test["domain"])))
 
 
+def fit_router(splits: pd.DataFrame, config: PipelineConfig) -> DomainRouter:
+    """Domain centroids from the gate embeddings of every training image."""
+    train = splits[splits["split"].isin(["train_normal", "train_mix"])]
+    inputs = input_sizes(splits, config)
+    parts = [(rows, np.stack(stored_features(config, gate_kind(config.backbone.key(), inputs[d].gate_size), rows))) for d, rows in train.groupby("domain")]
+    return DomainRouter.fit(np.concatenate([e for _, e in parts]), [d for rows, _ in parts for d in rows["domain"]])
+
+
 def assemble_cascade(splits: pd.DataFrame, gate_info: dict, banks_info: dict, calibration_info: dict, config: PipelineConfig) -> Path:
-    directory = config.artifacts_dir / "cascades" / calibration_info["key"]
+    directory = config.artifacts_dir / "cascades" / content_key(calibration_info["key"], CASCADE_FORMAT)
     if not (directory / "cascade.json").exists():
         with atomic_directory(directory) as tmp:
             write_cascade_directory(
                 tmp,
                 config.backbone,
+                config.resolution,
                 input_sizes(splits, config),
                 config.scoring,
                 Path(gate_info["path"]),
                 {d: Path(b["path"]) for d, b in banks_info["banks"].items()},
                 load_calibrations(calibration_info),
+                fit_router(splits, config),
             )
     return directory
 

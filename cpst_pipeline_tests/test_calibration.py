@@ -1,0 +1,251 @@
+"""Calibration of the gate band and heatmap threshold, and the tiered cascade score."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cpst_pipeline.cascade.calibration import CalibrationConfig, calibrate_domain, choose_gate_band
+from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration, cascade_score
+from cpst_pipeline.evaluation.metrics import threshold_for_recall
+
+
+def _outcome(labels, gate_scores, heatmap_flags, low: float, high: float) -> tuple[float, float, int]:
+    """(recall, false-positive rate, heatmap calls) of the band rule, recomputed from scratch."""
+    labels, gate_scores, heatmap_flags = map(np.asarray, (labels, gate_scores, heatmap_flags))
+    flagged = gate_scores >= high
+    called = (gate_scores >= low) & (gate_scores < high)
+    decision = flagged | (called & heatmap_flags.astype(bool))
+    positives, negatives = labels == 1, labels == 0
+    recall = decision[positives].mean() if positives.any() else 1.0
+    fpr = decision[negatives].mean() if negatives.any() else 0.0
+    return float(recall), float(fpr), int(called.sum())
+
+
+def _brute_force_min_calls(labels, gate_scores, heatmap_flags, target_recall, max_fpr) -> int | None:
+    values = np.unique(gate_scores)
+    thresholds = [-math.inf, *((values[:-1] + values[1:]) / 2), math.inf]
+    best = None
+    for i, low in enumerate(thresholds):
+        for high in thresholds[i:]:
+            recall, fpr, calls = _outcome(labels, gate_scores, heatmap_flags, low, high)
+            if recall >= target_recall - 1e-12 and fpr <= max_fpr + 1e-12:
+                best = calls if best is None else min(best, calls)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chosen_band_meets_constraints_and_is_cheapest(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 40
+    labels = (rng.random(n) < 0.4).astype(int)
+    labels[:2] = [0, 1]
+    gate = np.round(np.clip(0.3 + 0.35 * labels + rng.normal(scale=0.2, size=n), 0, 1), 2)  # rounding makes ties
+    flags = np.where(rng.random(n) < 0.85, labels, 1 - labels).astype(bool)
+    heatmap_recall, heatmap_fpr = flags[labels == 1].mean(), flags[labels == 0].mean()
+    target, max_fpr = min(0.9, heatmap_recall), heatmap_fpr + 0.05
+
+    low, high = choose_gate_band(labels, gate, flags, target, max_fpr)
+    assert low <= high
+    recall, fpr, calls = _outcome(labels, gate, flags, low, high)
+    assert recall >= target - 1e-12
+    assert fpr <= max_fpr + 1e-12
+    assert calls == _brute_force_min_calls(labels, gate, flags, target, max_fpr)
+    assert calls < n  # an informative gate saves heatmap calls
+
+
+def test_perfect_gate_gives_an_empty_band_between_the_classes() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 10)
+    gate = np.where(labels == 1, rng.uniform(0.7, 1.0, 30), rng.uniform(0.0, 0.3, 30))
+    flags = labels.astype(bool)
+    low, high = choose_gate_band(labels, gate, flags, 0.95, 0.02)
+    assert low == high
+    assert gate[labels == 0].max() < high <= gate[labels == 1].min()
+    assert _outcome(labels, gate, flags, low, high) == (1.0, 0.0, 0)
+
+
+def test_constant_gate_is_useless() -> None:
+    labels = np.array([0, 1] * 10)
+    flags = labels.astype(bool)
+    assert choose_gate_band(labels, np.full(20, 0.5), flags, 0.95, 0.02) == (-math.inf, math.inf)
+
+
+def test_random_gate_is_useless_when_it_cannot_clear_or_flag_safely() -> None:
+    """Random gate scores; the lowest-scored image is a defect and the highest a normal, so any
+    narrower band loses recall (target 1.0) or adds a false positive (no FPR slack)."""
+    rng = np.random.default_rng(3)
+    labels = (rng.random(50) < 0.3).astype(int)
+    gate = rng.random(50)
+    order = np.argsort(gate)
+    labels[order[0]], labels[order[-1]] = 1, 0
+    flags = labels.astype(bool)  # the heatmap alone is perfect
+    assert choose_gate_band(labels, gate, flags, 1.0, 0.0) == (-math.inf, math.inf)
+
+
+def test_all_high_gate_never_flags_everything_when_normals_would_pay_for_it() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 30 + [1] * 10)
+    gate = rng.uniform(0.9, 1.0, 40)  # the gate calls everything a defect
+    flags = labels.astype(bool)
+    low, high = choose_gate_band(labels, gate, flags, 0.95, 0.02)
+    assert high > -math.inf
+    recall, fpr, _ = _outcome(labels, gate, flags, low, high)
+    assert recall >= 0.95 and fpr <= 0.02
+    # and with every score tied, nothing can be flagged by the gate alone
+    assert choose_gate_band(labels, np.full(40, 0.99), flags, 0.95, 0.02) == (-math.inf, math.inf)
+
+
+# ---------------------------------------------------------------- calibrate_domain
+
+
+def _val(seed: int = 0, n: int = 40):
+    rng = np.random.default_rng(seed)
+    labels = np.array([0] * (n - n // 4) + [1] * (n // 4))
+    gate = np.clip(0.25 + 0.5 * labels + rng.normal(scale=0.15, size=n), 0, 1)
+    raw = 2.0 + labels * 1.5 + rng.normal(scale=0.5, size=n)
+    return labels, gate, raw
+
+
+def test_calibrate_domain_with_heatmap_meets_its_targets() -> None:
+    labels, gate, raw = _val()
+    config = CalibrationConfig(target_recall=0.9, max_extra_fpr=0.05)
+    cal = calibrate_domain("metal", labels, gate, raw, config)
+    assert cal.has_bank and cal.gate_low <= cal.gate_high
+    # normalisation from the val normals only
+    assert cal.score_center == pytest.approx(np.median(raw[labels == 0]))
+    assert cal.score_scale == pytest.approx(np.std(raw[labels == 0]))
+    normalised = (raw - cal.score_center) / cal.score_scale
+    assert cal.heatmap_threshold == pytest.approx(threshold_for_recall(labels, normalised, 0.9))
+    flags = normalised >= cal.heatmap_threshold
+    recall, fpr, calls = _outcome(labels, gate, flags, cal.gate_low, cal.gate_high)
+    assert recall >= 0.9
+    assert fpr <= flags[labels == 0].mean() + 0.05 + 1e-12
+    assert cal.val["recall"] == pytest.approx(recall)
+    assert cal.val["false_positive_rate"] == pytest.approx(fpr)
+    assert cal.val["heatmap_call_rate"] == pytest.approx(calls / len(labels))
+    assert (cal.val["n"], cal.val["n_anomaly"], cal.val["n_normal"]) == (40, 10, 30)
+
+
+def test_calibrate_domain_without_bank_uses_the_gate_alone() -> None:
+    labels, gate, _ = _val(1)
+    cal = calibrate_domain("tile", labels, gate, None, CalibrationConfig(target_recall=0.9))
+    assert not cal.has_bank
+    assert cal.gate_low == cal.gate_high == pytest.approx(threshold_for_recall(labels, gate, 0.9))
+    assert any("no memory bank" in note for note in cal.notes)
+    assert not any(cal.needs_heatmap(g) for g in gate)
+    assert cal.val["heatmap_call_rate"] == 0.0
+    assert cal.val["recall"] >= 0.9
+    assert cal.val["recall"] == pytest.approx((gate[labels == 1] >= cal.gate_high).mean())
+
+
+def test_calibrate_domain_without_bank_or_anomalies_passes_everything() -> None:
+    cal = calibrate_domain("tile", np.zeros(5, int), np.linspace(0, 1, 5), None, CalibrationConfig())
+    assert cal.gate_low == cal.gate_high == math.inf
+    assert any("no anomalies" in note for note in cal.notes)
+    assert cal.val["false_positive_rate"] == 0.0
+
+
+def test_calibrate_domain_without_val_anomalies_runs_heatmap_on_everything() -> None:
+    rng = np.random.default_rng(2)
+    raw = rng.normal(5.0, 1.0, 30)
+    cal = calibrate_domain("metal", np.zeros(30, int), rng.random(30), raw, CalibrationConfig())
+    assert (cal.gate_low, cal.gate_high) == (-math.inf, math.inf)
+    assert any("no anomalies in val" in note for note in cal.notes)
+    normalised = (raw - np.median(raw)) / np.std(raw)
+    assert cal.heatmap_threshold == pytest.approx(np.quantile(normalised, 0.99))
+    assert cal.val["heatmap_call_rate"] == 1.0 and cal.val["recall"] is None
+
+
+def test_calibrate_domain_without_val_normals_does_not_flag_everything() -> None:
+    rng = np.random.default_rng(0)
+    cal = calibrate_domain("metal", np.ones(10, int), rng.random(10), rng.random(10) + 1.0, CalibrationConfig())
+    assert cal.gate_high > -math.inf
+
+
+# ---------------------------------------------------------------- DomainCalibration / cascade_score
+
+
+def test_domain_calibration_json_round_trip_with_infinities() -> None:
+    cal = DomainCalibration(
+        "metal", True, -math.inf, math.inf, score_center=1.25, score_scale=0.5, heatmap_threshold=math.inf,
+        val={"recall": 0.97, "n": 12}, notes=["a note"],
+    )
+    text = json.dumps(cal.to_dict(), allow_nan=False)  # strict JSON: no Infinity literals
+    restored = DomainCalibration.from_dict(json.loads(text))
+    assert restored == cal
+    assert restored.gate_low == -math.inf and restored.gate_high == math.inf
+    finite = DomainCalibration("tile", False, 0.4, 0.4, notes=["x"])
+    assert DomainCalibration.from_dict(json.loads(json.dumps(finite.to_dict(), allow_nan=False))) == finite
+
+
+def test_domain_named_inf_round_trips() -> None:
+    cal = DomainCalibration("inf", False, 0.5, 0.5)
+    assert DomainCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))).domain == "inf"
+
+
+def _expected_decision(cal: DomainCalibration, gate: float, heatmap: float | None) -> bool:
+    if cal.needs_heatmap(gate):
+        return heatmap >= cal.heatmap_threshold
+    return gate >= cal.gate_high
+
+
+@pytest.mark.parametrize(
+    "cal",
+    [
+        DomainCalibration("banded", True, 0.3, 0.7, heatmap_threshold=0.8),
+        DomainCalibration("all-heatmap", True, -math.inf, math.inf, heatmap_threshold=-0.5),
+        DomainCalibration("gate-only", False, 0.55, 0.55),
+        DomainCalibration("empty-band", True, 0.4, 0.4, heatmap_threshold=1.0),
+        DomainCalibration("never-flags", False, math.inf, math.inf),  # even gate score 1.0 stays in [0, 1)
+    ],
+    ids=lambda c: c.domain,
+)
+def test_cascade_score_threshold_reproduces_every_decision(cal: DomainCalibration) -> None:
+    for gate in np.linspace(0.0, 1.0, 41):
+        for heatmap in np.linspace(-3.0, 4.0, 29):
+            called = cal.needs_heatmap(gate)
+            score = cascade_score(cal, gate, heatmap if called else None)
+            assert (score >= DECISION_THRESHOLD) == _expected_decision(cal, gate, heatmap), (gate, heatmap)
+            if called:
+                assert 1.0 < score < 2.0
+            elif gate >= cal.gate_high:
+                assert 2.0 <= score <= 3.0 and score == pytest.approx(2.0 + gate)
+            else:
+                assert 0.0 <= score < 1.0 and score == min(gate, math.nextafter(1.0, 0.0))
+
+
+def test_cascade_score_ranks_heatmap_scores_monotonically() -> None:
+    cal = DomainCalibration("m", True, 0.2, 0.8, heatmap_threshold=1.0)
+    scores = [cascade_score(cal, 0.5, h) for h in np.linspace(-5, 7, 50)]
+    assert all(a < b for a, b in zip(scores, scores[1:]))
+    assert cascade_score(cal, 0.5, 1.0) == pytest.approx(1.5)
+
+
+def test_cascade_score_just_below_threshold_is_normal() -> None:
+    cal = DomainCalibration("m", True, 0.2, 0.8, heatmap_threshold=1.0)
+    below = math.nextafter(1.0, 0.0)
+    assert not below >= cal.heatmap_threshold
+    assert cascade_score(cal, 0.5, below) < DECISION_THRESHOLD
+
+
+def test_cascade_heatmap_tier_stays_inside_open_interval() -> None:
+    cal = DomainCalibration("m", True, 0.2, 0.8, heatmap_threshold=0.0)
+    assert 1.0 < cascade_score(cal, 0.5, -40.0) < cascade_score(cal, 0.5, 40.0) < 2.0
+
+
+def test_score_normalisation_uses_fixed_statistics() -> None:
+    labels, gate, raw = _val(4)
+    cal = calibrate_domain("metal", labels, gate, raw, CalibrationConfig())
+    raw_score = 3.3
+    alone = cal.normalise(raw_score)
+    with_low = cal.normalise(np.array([raw_score, -100.0]))[0]
+    with_high = cal.normalise(np.array([1000.0, raw_score, 5.0]))[1]
+    assert alone == with_low == with_high
+    assert alone == pytest.approx((raw_score - np.median(raw[labels == 0])) / np.std(raw[labels == 0]))
+    # a different val set gives different statistics, so the check above is not vacuous
+    other = calibrate_domain("metal", labels, gate, raw * 2.0, CalibrationConfig())
+    assert other.normalise(raw_score) != alone
