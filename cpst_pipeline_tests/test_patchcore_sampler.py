@@ -96,15 +96,14 @@ def batching(request, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "make",
+    "make, start",
     [
-        lambda: uniform(2000, 16, seed=1),
-        lambda: clustered(2000, 16, n_clusters=25, seed=2),
-        lambda: clustered(2500, 48, n_clusters=40, seed=3),
+        (lambda: uniform(2000, 16, seed=1), 0),
+        (lambda: clustered(2000, 16, n_clusters=25, seed=2), 1234),
+        (lambda: clustered(2500, 48, n_clusters=40, seed=3), 77),
     ],
     ids=["uniform", "clustered16", "clustered48"],
 )
-@pytest.mark.parametrize("start", [0, 1234])
 def test_matches_naive_reference(make, start, batching):
     x = make()
     k = 300
@@ -148,13 +147,12 @@ def test_pruned_update_is_exercised_and_exact(monkeypatch, coarse_min):
     monkeypatch.setattr(sampler, "_POOL_SIZE", 64)
     monkeypatch.setattr(sampler, "_MAX_PENDING", 32)
     monkeypatch.setattr(sampler, "_COARSE_MIN", coarse_min)
-    x = clustered(5000, 24, n_clusters=60, seed=6)
-    k = 1000
+    x = clustered(4000, 32, n_clusters=40, seed=6)
+    k = 800
     sel = greedy_coreset(x, k)
-    print(calls)
-    assert calls["pruned"] > 10
+    assert calls["pruned"] >= 8
     assert (calls["coarse"] > 5) == (coarse_min < k)
-    np.testing.assert_array_equal(sel[:400], naive_greedy(x, 400))
+    np.testing.assert_array_equal(sel[:300], naive_greedy(x, 300))
     assert_greedy(x, sel)
 
 
@@ -190,7 +188,7 @@ def test_duplicates(batching):
     x = np.concatenate([np.repeat(protos, 200, axis=0), rng.normal(size=(300, 12)).astype(np.float32)])
     x = x[rng.permutation(len(x))]
     n = len(x)
-    for k in (50, 305, 400, n):
+    for k in (50, 305, n):
         sel = greedy_coreset(x, k)
         assert len(np.unique(sel)) == k
         assert coverage_radius(x, sel) == pytest.approx(coverage_radius(x, naive_greedy(x, k)), rel=1e-5, abs=1e-6)
@@ -235,15 +233,11 @@ def test_input_not_modified():
 # ----------------------------------------------------------------------------
 
 
-def test_torch_path_matches_reference():
+def test_torch_path_matches_reference(single_torch_thread):
+    """The torch implementation (used for CUDA devices), run here on the CPU."""
     torch = pytest.importorskip("torch")
     x = clustered(1500, 16, n_clusters=15, seed=12)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread start-up would dominate
-    try:
-        sel = sampler._greedy_torch(x, 200, 11, torch.device("cpu"))
-    finally:
-        torch.set_num_threads(threads)
+    sel = sampler._greedy_torch(x, 200, 11, torch.device("cpu"))
     np.testing.assert_array_equal(sel, naive_greedy(x, 200, start_index=11))
 
 
