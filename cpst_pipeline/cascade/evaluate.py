@@ -78,13 +78,13 @@ def run_test_split(
                 "always_heatmap_s": decode + heatmap_seconds if has_heatmap else np.nan,
             }
         )
+        # One mask read serves both the pixel AUROC and the overlay sample.
+        mask = load_mask(record.mask_path, record.mask_kind, size=(image.shape[1], image.shape[0])) if has_heatmap and pd.notna(record.mask_path) else None
         if has_heatmap and record.mask_kind == "pixel":
-            mask = load_mask(record.mask_path, record.mask_kind, size=(image.shape[1], image.shape[0]))
             accumulators.setdefault(record.domain, PixelAurocAccumulator(PIXEL_STRIDE)).add(mask, prediction.anomaly_map)
         elif has_heatmap and record.label == "normal" and record.domain in accumulators:
             accumulators[record.domain].add(None, prediction.anomaly_map)
         if has_heatmap and len(samples.setdefault(record.domain, [])) < samples_per_domain and _want_sample(samples[record.domain], record.label):
-            mask = load_mask(record.mask_path, record.mask_kind, size=(image.shape[1], image.shape[0])) if pd.notna(record.mask_path) else None
             title = f"{record.domain} {record.defect_type} score {prediction.heatmap_score:.2f}"
             samples[record.domain].append({"image": image, "heatmap": prediction.anomaly_map, "mask": mask, "title": title})
         if progress:

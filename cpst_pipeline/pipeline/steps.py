@@ -141,7 +141,8 @@ def fit_gate(splits: pd.DataFrame, config: PipelineConfig) -> dict:
     gate = load_gate(directory)
     val = splits[splits["split"] == "val_mix"]
     scores = gate_scores(gate, val, config, inputs)
-    by_domain = {d: _auroc_or_none(_labels(val[m]), scores[m.to_numpy()]) for d, m in ((d, val["domain"] == d) for d in val["domain"].unique())}
+    val_scores = pd.Series(scores, index=val.index)
+    by_domain = {d: _auroc_or_none(_labels(rows), val_scores[rows.index].to_numpy()) for d, rows in val.groupby("domain")}
     return {
         "path": str(directory),
         "key": key,
