@@ -4,14 +4,15 @@
 
 For every domain with a memory bank and pixel masks: image AUROC and pixel AUROC on
 val_mix for the default configuration and for one change at a time (squashed square
-input, no image-score reweighting, no map smoothing, a bank from 64 images only as in
-the reference run). The test split is never touched here.
+input, raw distances without position statistics, one coreset over all images,
+smaller coresets, no image-score reweighting, no map smoothing, a bank from 64 images
+only as in the reference run). The test split is never touched here.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,48 +26,65 @@ from cpst_pipeline.features.embed import DomainInputs, embed_domain, patch_kind
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import write_json_atomic
-from cpst_pipeline.patchcore.bank import build_memory_bank
+from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline import steps
 from cpst_pipeline.pipeline.config import PipelineConfig
 
 REFERENCE_TRAIN_IMAGES = 64
+# A smaller bank makes the kNN search, the heatmap path's largest cost, proportionally cheaper.
+SMALLER_CORESETS = (0.025, 0.01)
 
 
-def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, heatmap_size: tuple[int, int], scoring: ScoringConfig, bank_images: int | None) -> dict:
-    """Image and pixel AUROC on ``domain``'s val split for one variant."""
-    store = FeatureStore(config.features_dir)
+@dataclass(frozen=True)
+class Variant:
+    heatmap_size: tuple[int, int]
+    scoring: ScoringConfig
+    bank: BankConfig
+    bank_images: int | None = None  # None: every train_normal image
+
+
+def fit_variant_bank(config: PipelineConfig, splits: pd.DataFrame, domain: str, variant: Variant) -> MemoryBank:
     rows = splits[splits["domain"] == domain]
+    inputs = DomainInputs(heatmap_size=variant.heatmap_size, gate_size=steps.input_sizes(splits, config)[domain].gate_size)
     extractor = FeatureExtractor(config.backbone, config.device)
-    inputs = DomainInputs(heatmap_size=heatmap_size, gate_size=steps.input_sizes(splits, config)[domain].gate_size)
-    embed_domain(store, config.backbone, lambda: extractor, rows, inputs, True, config.batch_size)
+    embed_domain(FeatureStore(config.features_dir), config.backbone, lambda: extractor, rows, inputs, True, config.batch_size)
     normal = rows[rows["split"] == "train_normal"].drop_duplicates("content_hash").sort_values("content_hash")
-    if bank_images is not None:
-        normal = normal.sample(n=min(bank_images, len(normal)), random_state=0)
-    kind = patch_kind(config.backbone.key(), heatmap_size)
-    patches = np.concatenate([p.reshape(-1, p.shape[-1]) for p in steps.stored_features(config, kind, normal)])
-    bank = build_memory_bank(patches, config.bank)
-    val = rows[rows["split"] == "val_mix"]
+    if variant.bank_images is not None:
+        normal = normal.sample(n=min(variant.bank_images, len(normal)), random_state=0)
+    kind = patch_kind(config.backbone.key(), variant.heatmap_size)
+    return fit_memory_bank(steps.stored_features(config, kind, normal), normal["group_id"].tolist(), variant.bank)
+
+
+def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, variant: Variant, bank: MemoryBank) -> dict:
+    """Image and pixel AUROC on ``domain``'s val split for one variant."""
+    val = splits[(splits["domain"] == domain) & (splits["split"] == "val_mix")]
     labels = (val["label"] == "anomaly").to_numpy().astype(int)
+    kind = patch_kind(config.backbone.key(), variant.heatmap_size)
     image_scores, pixels = [], PixelAurocAccumulator(stride=2)
     for record, features in zip(val.itertuples(index=False), steps.stored_features(config, kind, val)):
-        scores = score_patches(bank, features, scoring)
+        scores = score_patches(bank, features, variant.scoring)
         image_scores.append(scores.image_score)
         if record.mask_kind == "pixel" or record.label == "normal":
             size = (int(record.height), int(record.width))
             mask = load_mask(record.mask_path, "pixel", size=(size[1], size[0])) if record.mask_kind == "pixel" else None
-            pixels.add(mask, anomaly_map(scores.grid, heatmap_size, size, scoring.map_sigma))
+            pixels.add(mask, anomaly_map(scores.grid, variant.heatmap_size, size, variant.scoring.map_sigma))
     return {"image_auroc": auroc(labels, np.array(image_scores)), "pixel_auroc": pixels.result(), "bank_patches": len(bank.features)}
 
 
-def variants(config: PipelineConfig, default_size: tuple[int, int]) -> dict[str, tuple[tuple[int, int], ScoringConfig, int | None]]:
+def variants(config: PipelineConfig, default_size: tuple[int, int]) -> dict[str, Variant]:
     short = config.resolution.heatmap_short_side
+    default = Variant(default_size, config.scoring, config.bank)
     return {
-        "default (aspect kept, reweighting, sigma 4, all train images)": (default_size, config.scoring, None),
-        f"squashed to {short}x{short}": ((short, short), config.scoring, None),
-        "no image-score reweighting": (default_size, replace(config.scoring, reweight_neighbors=1), None),
-        "no map smoothing (sigma 0)": (default_size, replace(config.scoring, map_sigma=0.0), None),
-        f"bank from {REFERENCE_TRAIN_IMAGES} train images": (default_size, config.scoring, REFERENCE_TRAIN_IMAGES),
+        "default (aspect kept, position statistics, reweighting, sigma 4, all train images)": default,
+        f"squashed to {short}x{short}": replace(default, heatmap_size=(short, short)),
+        "no position statistics (raw distances)": replace(default, scoring=replace(config.scoring, position_stats=False)),
+        "one coreset over all images, raw distances": replace(default, bank=replace(config.bank, folds=1)),
+        **{f"coreset {ratio:.1%}": replace(default, bank=replace(config.bank, coreset_ratio=ratio)) for ratio in SMALLER_CORESETS},
+        "no image-score reweighting": replace(default, scoring=replace(config.scoring, reweight_neighbors=1)),
+        "no map smoothing (sigma 0)": replace(default, scoring=replace(config.scoring, map_sigma=0.0)),
+        f"bank from {REFERENCE_TRAIN_IMAGES} train images": replace(default, bank_images=REFERENCE_TRAIN_IMAGES),
     }
 
 
@@ -85,8 +103,12 @@ def main() -> None:
     sizes = steps.input_sizes(splits, config)
     results = {}
     for domain in banked:
-        for name, (size, scoring, bank_images) in tqdm(variants(config, sizes[domain].heatmap_size).items(), desc=domain):
-            results.setdefault(domain, {})[name] = val_scores(config, splits, domain, size, scoring, bank_images)
+        banks = {}  # variants that differ only in scoring share one bank
+        for name, variant in tqdm(variants(config, sizes[domain].heatmap_size).items(), desc=domain):
+            bank_key = (variant.heatmap_size, variant.bank, variant.bank_images)
+            if bank_key not in banks:
+                banks[bank_key] = fit_variant_bank(config, splits, domain, variant)
+            results.setdefault(domain, {})[name] = val_scores(config, splits, domain, variant, banks[bank_key])
             tqdm.write(f"{domain} | {name} | {results[domain][name]}")
     lines = [
         "## Heatmap-model choices, measured on val_mix",

@@ -4,9 +4,12 @@
    images that the memory bank never saw (val, plus the gate's training images).
 2. The heatmap threshold is the largest one that keeps the target recall on those images.
 3. The gate band [gate_low, gate_high) is the narrowest (fewest heatmap calls) that
-   keeps the target recall and adds at most ``max_extra_fpr`` false-positive rate
-   over running the heatmap on every image. Without that second bound the cheapest
-   "cascade" would flag everything.
+   keeps the target recall, sends at most ``max_call_rate`` of the images to the
+   heatmap and adds at most ``max_extra_fpr`` false-positive rate over running the
+   heatmap on every image. Without the FPR bound the cheapest "cascade" would flag
+   everything. When the gate is too weak to meet both bounds, the call budget wins
+   and the band with the fewest false positives within it is taken (the report notes
+   it); with no band inside the budget, the fewest calls that meet the FPR bound.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from cpst_pipeline.evaluation.metrics import threshold_for_recall
 class CalibrationConfig:
     target_recall: float = 0.95
     max_extra_fpr: float = 0.02
+    # Share of images the heatmap may see: the cascade's cost budget.
+    max_call_rate: float = 0.35
 
 
 def score_normaliser(raw_scores: np.ndarray, labels: np.ndarray) -> tuple[float, float, list[str]]:
@@ -52,11 +57,13 @@ def _threshold_at(sorted_scores: np.ndarray, position: int) -> float:
     return float((sorted_scores[position - 1] + sorted_scores[position]) / 2)
 
 
-def choose_gate_band(labels: np.ndarray, gate_scores: np.ndarray, heatmap_flags: np.ndarray, target_recall: float, max_fpr: float) -> tuple[float, float]:
-    """(gate_low, gate_high) minimising heatmap calls under the recall and FPR bounds.
+def choose_gate_band(
+    labels: np.ndarray, gate_scores: np.ndarray, heatmap_flags: np.ndarray, target_recall: float, max_fpr: float, max_call_rate: float = 1.0
+) -> tuple[float, float]:
+    """(gate_low, gate_high) under the recall bound, the call budget and the FPR bound (see module doc).
 
-    Falls back to (-inf, inf), the heatmap on every image, when no band qualifies or
-    when there are no normal images to measure false positives on.
+    Falls back to (-inf, inf), the heatmap on every image, when no band keeps the recall
+    or when there are no normal images to measure false positives on.
     """
     if not (labels == 0).any():
         return -math.inf, math.inf
@@ -67,17 +74,21 @@ def choose_gate_band(labels: np.ndarray, gate_scores: np.ndarray, heatmap_flags:
     pos, neg, pos_h, neg_h = cum(y), cum(1 - y), cum(y * h), cum((1 - y) * h)
     cuts = _boundaries(g)
     low, high = np.meshgrid(cuts, cuts, indexing="ij")
-    valid = low <= high
     true_pos = (pos[-1] - pos[high]) + (pos_h[high] - pos_h[low])
     false_pos = (neg[-1] - neg[high]) + (neg_h[high] - neg_h[low])
-    recall = true_pos / max(n_pos, 1)
-    fpr = false_pos / max(n_neg, 1)
-    ok = valid & (recall >= target_recall - 1e-12) & (fpr <= max_fpr + 1e-12)
-    if not ok.any():
+    calls = high - low
+    keeps_recall = (low <= high) & (true_pos / max(n_pos, 1) >= target_recall - 1e-12)
+    in_budget = keeps_recall & (calls <= max_call_rate * len(g) + 1e-9)
+    meets_fpr = keeps_recall & (false_pos / max(n_neg, 1) <= max_fpr + 1e-12)
+    if (in_budget & meets_fpr).any():
+        choice, keys = in_budget & meets_fpr, (false_pos, calls)  # fewest calls, then fewest false positives
+    elif in_budget.any():
+        choice, keys = in_budget, (calls, false_pos)  # fewest false positives, then fewest calls
+    elif meets_fpr.any():
+        choice, keys = meets_fpr, (false_pos, calls)
+    else:
         return -math.inf, math.inf
-    calls = np.where(ok, high - low, np.iinfo(np.int64).max)
-    # Fewest calls, then fewest false positives.
-    best = np.lexsort((np.where(ok, false_pos, np.inf).ravel(), calls.ravel()))[0]
+    best = np.lexsort(tuple(np.where(choice, k, np.iinfo(np.int64).max).ravel() for k in keys))[0]
     i, j = np.unravel_index(best, calls.shape)
     return _threshold_at(g, int(low[i, j])), _threshold_at(g, int(high[i, j]))
 
@@ -123,9 +134,14 @@ def calibrate_domain(
         flags = normalised >= calibration.heatmap_threshold
         heatmap_fpr = float(flags[labels == 0].mean()) if (labels == 0).any() else 0.0
         calibration.gate_low, calibration.gate_high = choose_gate_band(
-            labels, gate_scores, flags, config.target_recall, heatmap_fpr + config.max_extra_fpr
+            labels, gate_scores, flags, config.target_recall, heatmap_fpr + config.max_extra_fpr, config.max_call_rate
         )
     calibration.val = _val_summary(calibration, labels, gate_scores, normalised)
+    if labels.any() and (labels == 0).any() and calibration.val["false_positive_rate"] > heatmap_fpr + config.max_extra_fpr + 1e-12:
+        calibration.notes.append(
+            f"the call budget ({config.max_call_rate:.0%}) binds: val false-positive rate {calibration.val['false_positive_rate']:.3f}"
+            f" against {heatmap_fpr:.3f} with the heatmap on every image"
+        )
     return calibration
 
 

@@ -86,7 +86,7 @@ def run_test_split(
             accumulators[record.domain].add(None, prediction.anomaly_map)
         if has_heatmap and len(samples.setdefault(record.domain, [])) < samples_per_domain and _want_sample(samples[record.domain], record.label):
             title = f"{record.domain} {record.defect_type} score {prediction.heatmap_score:.2f}"
-            samples[record.domain].append({"image": image, "heatmap": prediction.anomaly_map, "mask": mask, "title": title})
+            samples[record.domain].append({"image": image, "heatmap": prediction.anomaly_map, "mask": mask, "title": title, "label": record.label})
         if progress:
             progress(position + 1, len(test))
     return TestRun(pd.DataFrame(rows), {d: a.result() for d, a in accumulators.items()}, samples)
@@ -94,7 +94,7 @@ def run_test_split(
 
 def _want_sample(chosen: list[dict], label: str) -> bool:
     """Mostly defects, one normal, so the overlays show both what is found and what is quiet."""
-    has_normal = any(s["mask"] is None for s in chosen)
+    has_normal = any(s["label"] == "normal" for s in chosen)
     return label == "anomaly" or not has_normal
 
 

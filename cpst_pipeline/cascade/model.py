@@ -6,7 +6,7 @@ Directory layout (no pickle anywhere)::
     calibration.json             per-domain thresholds (see cascade.policy)
     router.json                  domain centroids for images that come without a domain
     gate/gate.safetensors, gate/gate.json
-    banks/<domain>/coreset.npy, index.faiss, bank.json
+    banks/<domain>/coreset.npy, index.faiss, bank.json, position_mean.npy, position_std.npy
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 
 from cpst_pipeline.io_utils import atomic_path, write_json_atomic
+from cpst_pipeline.patchcore.position_stats import PositionStats
 from cpst_pipeline.patchcore.sampler import coreset_size, greedy_coreset
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -23,6 +24,8 @@ class BankConfig:
     # "flat" is exact. On 2 CPU cores it also beat IVF at recall@1 >= 0.99 on a 35,840-patch
     # Kolektor bank (benchmark: speed), so the approximate indexes are opt-in.
     index_type: str = "flat"
+    # Training images are split by group into this many folds; see patchcore.training.
+    folds: int = 2
     seed: int = 0
 
 
@@ -31,6 +34,7 @@ class MemoryBank:
     features: np.ndarray  # (M, D) float32 coreset
     index: faiss.Index
     meta: dict = field(default_factory=dict)
+    position_stats: PositionStats | None = None
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Euclidean distances and bank indices of the ``k`` nearest coreset patches."""
@@ -59,33 +63,44 @@ def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0) -> f
     return index
 
 
-def build_memory_bank(patches: np.ndarray, config: BankConfig, meta: dict | None = None) -> MemoryBank:
-    """Greedy-coreset ``patches`` (N, D) of normal images and index the survivors."""
+def select_coreset(patches: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
+    """Greedy-coreset rows of ``patches`` (N, D), returned as a float32 array."""
     if len(patches) == 0:
         raise ValueError("cannot build a memory bank from zero patches")
-    started = time.perf_counter()
-    n_select = coreset_size(len(patches), config.coreset_ratio)
-    start_index = int(np.random.default_rng(config.seed).integers(len(patches)))
-    selected = greedy_coreset(patches, n_select, start_index=start_index)
-    coreset = np.ascontiguousarray(patches[selected], dtype=np.float32)
+    start_index = int(np.random.default_rng(seed).integers(len(patches)))
+    selected = greedy_coreset(patches, coreset_size(len(patches), ratio), start_index=start_index)
+    return np.ascontiguousarray(patches[selected], dtype=np.float32)
+
+
+def index_memory_bank(coreset: np.ndarray, config: BankConfig, info: dict, position_stats: PositionStats | None = None) -> MemoryBank:
+    """Put ``coreset`` behind the configured faiss index; ``info`` gains the bank's sizes."""
     index = build_faiss_index(coreset, config.index_type, config.seed)
-    info = dict(meta or {})
-    info.update(
-        config=asdict(config),
-        source_patches=int(len(patches)),
-        coreset_patches=int(len(coreset)),
-        feature_dim=int(coreset.shape[1]),
-        build_seconds=round(time.perf_counter() - started, 3),
-    )
-    return MemoryBank(coreset, index, info)
+    meta = dict(info, config=asdict(config), coreset_patches=int(len(coreset)), feature_dim=int(coreset.shape[1]))
+    return MemoryBank(coreset, index, meta, position_stats)
+
+
+def build_memory_bank(patches: np.ndarray, config: BankConfig, meta: dict | None = None) -> MemoryBank:
+    """One greedy coreset of ``patches`` (N, D), indexed; no position statistics."""
+    started = time.perf_counter()
+    coreset = select_coreset(patches, config.coreset_ratio, config.seed)
+    bank = index_memory_bank(coreset, config, dict(meta or {}, source_patches=int(len(patches))))
+    bank.meta["build_seconds"] = round(time.perf_counter() - started, 3)
+    return bank
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
 
 
 def save_memory_bank(bank: MemoryBank, directory: Path) -> Path:
-    """coreset.npy + index.faiss + bank.json; each file replaced atomically."""
+    """coreset.npy + index.faiss + bank.json (+ position_mean/std.npy); each file replaced atomically."""
     directory = Path(directory)
-    with atomic_path(directory / "coreset.npy") as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, bank.features, allow_pickle=False)
+    _save_array(directory / "coreset.npy", bank.features)
+    if bank.position_stats is not None:
+        _save_array(directory / "position_mean.npy", bank.position_stats.mean)
+        _save_array(directory / "position_std.npy", bank.position_stats.std)
     with atomic_path(directory / "index.faiss") as tmp:
         faiss.write_index(bank.index, str(tmp))
     write_json_atomic(directory / "bank.json", bank.meta)
@@ -99,4 +114,7 @@ def load_memory_bank(directory: Path) -> MemoryBank:
     meta = json.loads((directory / "bank.json").read_text())
     if index.ntotal != len(features):
         raise ValueError(f"bank {directory} is inconsistent: index holds {index.ntotal}, coreset {len(features)}")
-    return MemoryBank(features, index, meta)
+    stats = None
+    if (directory / "position_mean.npy").exists():
+        stats = PositionStats(np.load(directory / "position_mean.npy", allow_pickle=False), np.load(directory / "position_std.npy", allow_pickle=False))
+    return MemoryBank(features, index, meta, stats)

@@ -17,11 +17,13 @@ class ScoringConfig:
     # Bank neighbours of the worst patch's match used for reweighting (anomalib's default).
     reweight_neighbors: int = 9
     map_sigma: float = 4.0
+    # Standardise distances per grid position with the bank's held-out statistics.
+    position_stats: bool = True
 
 
 @dataclass
 class PatchScores:
-    grid: np.ndarray  # (h, w) distance of each test patch to its nearest bank patch
+    grid: np.ndarray  # (h, w) distance of each test patch to its nearest bank patch, standardised per position
     image_score: float
 
 
@@ -50,9 +52,11 @@ def score_patches(bank: MemoryBank, patches: np.ndarray, config: ScoringConfig) 
     height, width, dim = patches.shape
     flat = np.ascontiguousarray(patches.reshape(-1, dim), dtype=np.float32)
     distances, nearest = bank.search(flat, k=1)
-    distances, nearest = distances[:, 0], nearest[:, 0]
-    image_score = reweighted_image_score(bank, flat, distances, nearest, config.reweight_neighbors)
-    return PatchScores(grid=distances.reshape(height, width), image_score=image_score)
+    grid = distances[:, 0].reshape(height, width)
+    if config.position_stats and bank.position_stats is not None:
+        grid = bank.position_stats.standardise(grid)
+    image_score = reweighted_image_score(bank, flat, grid.ravel(), nearest[:, 0], config.reweight_neighbors)
+    return PatchScores(grid=grid, image_score=image_score)
 
 
 def anomaly_map(grid: np.ndarray, input_size: tuple[int, int], image_size: tuple[int, int], sigma: float) -> np.ndarray:

@@ -33,7 +33,8 @@ from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.gate.model import GateNet, load_gate, save_gate
 from cpst_pipeline.gate.train import train_gate
 from cpst_pipeline.io_utils import atomic_directory, atomic_path, write_json_atomic, write_text_atomic
-from cpst_pipeline.patchcore.bank import MemoryBank, build_memory_bank, load_memory_bank, save_memory_bank
+from cpst_pipeline.patchcore.bank import load_memory_bank, save_memory_bank
+from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.patchcore.scoring import score_patches
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 
@@ -164,14 +165,15 @@ def build_banks(splits: pd.DataFrame, config: PipelineConfig, log: Log = print) 
             skipped[domain] = "no normal training images"
             continue
         size = inputs[domain].heatmap_size
-        hashes = sorted(normal["content_hash"].unique())
-        key = content_key(config.backbone.key(), size, hashes, config.bank)
+        unique = normal.drop_duplicates("content_hash").sort_values("content_hash")
+        hashes = unique["content_hash"].tolist()
+        key = content_key(config.backbone.key(), size, list(zip(hashes, unique["group_id"])), config.bank)
         directory = config.artifacts_dir / "banks" / domain / key
         reused = (directory / "bank.json").exists()
         if not reused:
             log(f"memory bank {domain}: coreset of {len(hashes)} images at {size[0]}x{size[1]}")
-            patches = np.concatenate([p.reshape(-1, p.shape[-1]) for p in stored_features(config, patch_kind(config.backbone.key(), size), normal.drop_duplicates("content_hash"))])
-            bank = build_memory_bank(patches, config.bank, {"domain": domain, "images": len(hashes), "input_size": list(size)})
+            grids = stored_features(config, patch_kind(config.backbone.key(), size), unique)
+            bank = fit_memory_bank(grids, unique["group_id"].tolist(), config.bank, {"domain": domain, "images": len(hashes), "input_size": list(size)})
             with atomic_directory(directory) as tmp:
                 save_memory_bank(bank, tmp)
         meta = json.loads((directory / "bank.json").read_text())
@@ -188,9 +190,18 @@ def build_banks(splits: pd.DataFrame, config: PipelineConfig, log: Log = print) 
     return {"banks": banks, "skipped": skipped}
 
 
-def _raw_heatmap_scores(config: PipelineConfig, bank: MemoryBank, frame: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
-    patches = stored_features(config, patch_kind(config.backbone.key(), size), frame)
-    return np.array([score_patches(bank, p, config.scoring).image_score for p in patches])
+def _raw_heatmap_scores(config: PipelineConfig, bank_info: dict, frame: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
+    """Raw image scores of ``frame``'s images against one bank, cached per (bank, scoring) and
+    image, so a calibration change or a new image re-scores only what is new."""
+    path = config.artifacts_dir / "heatmap_scores" / f"{content_key(bank_info['key'], config.scoring)}.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    missing = frame[~frame["content_hash"].isin(cached)].drop_duplicates("content_hash")
+    if not missing.empty:
+        bank = load_memory_bank(Path(bank_info["path"]))
+        patches = stored_features(config, patch_kind(config.backbone.key(), size), missing)
+        cached.update({h: score_patches(bank, p, config.scoring).image_score for h, p in zip(missing["content_hash"], patches)})
+        write_json_atomic(path, cached)
+    return np.array([cached[h] for h in frame["content_hash"]])
 
 
 def calibrate(splits: pd.DataFrame, gate_info: dict, banks_info: dict, config: PipelineConfig) -> dict:
@@ -217,9 +228,9 @@ def calibrate(splits: pd.DataFrame, gate_info: dict, banks_info: dict, config: P
             rows, extra = val[members], train_mix[train_mix["domain"] == domain]
             raw, evidence = None, None
             if domain in banks:
-                bank, size = load_memory_bank(Path(banks[domain]["path"])), inputs[domain].heatmap_size
-                raw = _raw_heatmap_scores(config, bank, rows, size)
-                evidence = (_labels(extra), _raw_heatmap_scores(config, bank, extra, size))
+                size = inputs[domain].heatmap_size
+                raw = _raw_heatmap_scores(config, banks[domain], rows, size)
+                evidence = (_labels(extra), _raw_heatmap_scores(config, banks[domain], extra, size))
             calibrations[domain] = calibrate_domain(domain, _labels(rows), scores[members], raw, config.calibration, evidence)
         write_json_atomic(path, {d: c.to_dict() for d, c in calibrations.items()})
     return {"path": str(path), "key": key, "domains": json.loads(path.read_text())}
