@@ -29,6 +29,7 @@ class CpstSettings(ConfigurableResource):
     gate_short_side: int = 128
     coreset_ratio: float = 0.1
     target_recall: float = 0.95
+    max_heatmap_call_rate: float = 0.35
     split_seed: int = 0
     model_name: str = "cpst-cascade"
 
@@ -41,7 +42,7 @@ class CpstSettings(ConfigurableResource):
             resolution=ResolutionConfig(heatmap_short_side=self.heatmap_short_side, gate_short_side=self.gate_short_side),
             splits=SplitConfig(seed=self.split_seed),
             bank=BankConfig(coreset_ratio=self.coreset_ratio),
-            calibration=CalibrationConfig(target_recall=self.target_recall),
+            calibration=CalibrationConfig(target_recall=self.target_recall, max_call_rate=self.max_heatmap_call_rate),
         )
 
 
