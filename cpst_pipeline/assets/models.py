@@ -9,7 +9,7 @@ from cpst_pipeline.pipeline import steps
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(group_name="models", deps=["embeddings"], description="Gate MLP trained on train_mix (both classes, class-balanced); safetensors checkpoint.")
+@asset(group_name="models", deps=["embeddings"], description="Gate MLP trained on train_mix (both classes) plus train_normal, class-balanced per domain; safetensors checkpoint.")
 def gate_model(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[dict]:
     info = steps.fit_gate(splits, settings.pipeline_config())
     context.log.info(f"gate {'reused' if info['reused'] else 'trained'}: val AUROC {info['val_auroc']}")

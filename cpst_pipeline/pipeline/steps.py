@@ -117,8 +117,11 @@ def _labels(frame: pd.DataFrame) -> np.ndarray:
 
 
 def fit_gate(splits: pd.DataFrame, config: PipelineConfig) -> dict:
+    """The gate learns defects from train_mix and normals from train_mix and train_normal: the
+    bank's images are training data too, and with them val AUROC rose from 0.94 to 0.98 on
+    Magnetic-tile (Kolektor unchanged at 0.89-0.91; three seeds each)."""
     inputs = input_sizes(splits, config)
-    train = splits[splits["split"] == "train_mix"]
+    train = splits[splits["split"].isin(["train_mix", "train_normal"])]
     key = content_key(
         config.backbone.key(),
         {d: i.gate_size for d, i in inputs.items()},
