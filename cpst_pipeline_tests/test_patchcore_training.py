@@ -70,6 +70,9 @@ def test_statistics_survive_save_and_load(tmp_path: Path) -> None:
     loaded = load_memory_bank(save_memory_bank(bank, tmp_path / "bank"))
     np.testing.assert_array_equal(loaded.position_stats.mean, bank.position_stats.mean)
     np.testing.assert_array_equal(loaded.position_stats.std, bank.position_stats.std)
+    np.save(tmp_path / "bank" / "position_std.npy", np.ones((2, 2), np.float32), allow_pickle=False)
+    with pytest.raises(ValueError, match="inconsistent"):
+        load_memory_bank(tmp_path / "bank")
 
 
 def test_spread_is_floored_and_shapes_are_checked() -> None:

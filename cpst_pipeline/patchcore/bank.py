@@ -116,5 +116,8 @@ def load_memory_bank(directory: Path) -> MemoryBank:
         raise ValueError(f"bank {directory} is inconsistent: index holds {index.ntotal}, coreset {len(features)}")
     stats = None
     if (directory / "position_mean.npy").exists():
-        stats = PositionStats(np.load(directory / "position_mean.npy", allow_pickle=False), np.load(directory / "position_std.npy", allow_pickle=False))
+        mean, std = (np.load(directory / f"position_{name}.npy", allow_pickle=False) for name in ("mean", "std"))
+        if mean.shape != std.shape:
+            raise ValueError(f"bank {directory} is inconsistent: position mean {mean.shape}, std {std.shape}")
+        stats = PositionStats(mean, std)
     return MemoryBank(features, index, meta, stats)

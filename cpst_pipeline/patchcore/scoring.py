@@ -23,12 +23,12 @@ class ScoringConfig:
 
 @dataclass
 class PatchScores:
-    grid: np.ndarray  # (h, w) distance of each test patch to its nearest bank patch, standardised per position
+    grid: np.ndarray  # (h, w) nearest-bank-patch distances, standardised per position when the bank has statistics
     image_score: float
 
 
 def reweighted_image_score(bank: MemoryBank, patches: np.ndarray, distances: np.ndarray, nearest: np.ndarray, k: int) -> float:
-    """PatchCore eq. 7: scale the worst patch distance by how isolated its bank match is.
+    """PatchCore eq. 7: scale the worst patch's score by how isolated its bank match is.
 
     If the matched bank patch sits in a dense region (its neighbours are almost as
     close to the test patch), the weight is near 1 - 1/k; if the match is an
