@@ -34,8 +34,8 @@ from cpst_pipeline.gate.model import GateNet, load_gate, save_gate
 from cpst_pipeline.gate.train import train_gate
 from cpst_pipeline.io_utils import atomic_directory, atomic_path, write_json_atomic, write_text_atomic
 from cpst_pipeline.patchcore.bank import load_memory_bank, save_memory_bank
-from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.patchcore.scoring import score_patches
+from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 
 Progress = Callable[[int, int], None]
