@@ -101,3 +101,8 @@ def test_load_rejects_an_inconsistent_bank(tmp_path: Path) -> None:
     np.save(directory / "coreset.npy", np.zeros((3, 16), np.float32), allow_pickle=False)
     with pytest.raises(ValueError, match="inconsistent"):
         load_memory_bank(directory)
+
+
+def test_single_coreset_respects_the_bank_cap() -> None:
+    bank = build_memory_bank(_patches(400), BankConfig(coreset_ratio=0.5, max_patches=30))
+    assert len(bank.features) == 30 and bank.meta["coreset_patches"] == 30

@@ -94,3 +94,13 @@ def test_bad_inputs_are_refused() -> None:
         fit_memory_bank([np.zeros((2, 2, 4), np.float32), np.zeros((3, 2, 4), np.float32)], ["a", "b"], BankConfig())
     with pytest.raises(ValueError, match="group labels"):
         fit_memory_bank(_images(2), ["a"], BankConfig())
+
+
+def test_bank_size_is_capped_and_statistics_use_a_sample_of_images() -> None:
+    images = _images(12)
+    groups = [str(i) for i in range(12)]
+    bank = fit_memory_bank(images, groups, BankConfig(coreset_ratio=0.5, max_patches=40, stats_images=4))
+    assert len(bank.features) == 40  # 20 per fold instead of 90
+    assert bank.position_stats.shape == GRID
+    uncapped = fit_memory_bank(images, groups, BankConfig(coreset_ratio=0.5))
+    assert len(uncapped.features) == 6 * GRID[0] * GRID[1]

@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -63,7 +63,7 @@ from cpst_pipeline.features.loader import iter_resized_batches
 from cpst_pipeline.features.preprocess import resize_rgb
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import write_json_atomic
-from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_index, build_memory_bank
+from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_index
 from cpst_pipeline.patchcore.sampler import coreset_size, coverage_radius, greedy_coreset
 from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline import steps
@@ -817,7 +817,9 @@ def memory_child(spec_path: str) -> None:
     )
     del extractor
     started = time.perf_counter()
-    bank = build_memory_bank(features, BankConfig(coreset_ratio=spec["ratio"]))
+    side = SQUARE[0] // 8
+    grids = list(features.reshape(len(items), side, side, -1))  # views, no copy
+    bank = fit_memory_bank(grids, [str(i) for i in range(len(items))], BankConfig(**spec["bank"]))
     emit("bank", seconds=time.perf_counter() - started, coreset_patches=len(bank.features))
     stop.set()
     emit("done", vm_hwm=read_status("VmHWM"))
@@ -839,9 +841,9 @@ def memory_items(ctx: Context) -> tuple[list[tuple[str, bool]], int]:
 def section_memory(ctx: Context) -> Section:
     section = Section("memory", f"4. Peak memory of building a bank (subprocess, device {ctx.device})")
     items, n_real = memory_items(ctx)
-    ratio = ctx.config.bank.coreset_ratio
+    ratio, cap = ctx.config.bank.coreset_ratio, ctx.config.bank.max_patches
     spec = ctx.work / "memory_spec.json"
-    spec.write_text(json.dumps({"items": items, "device": ctx.device, "ratio": ratio}))
+    spec.write_text(json.dumps({"items": items, "device": ctx.device, "bank": asdict(ctx.config.bank)}))
     command = [
         sys.executable,
         "-m",
@@ -885,7 +887,8 @@ def section_memory(ctx: Context) -> Section:
     extract = seen["extract"]
     n_patches = extract["patches"]
     float16_gib = extract["bytes"] / GIB
-    sampler_copy_gib = n_patches * (extract["dim"] + 2) * 4 / GIB  # the sampler's float32 [x, 1, |x|^2] copy
+    fold_patches = n_patches // ctx.config.bank.folds
+    sampler_copy_gib = fold_patches * (extract["dim"] + 2) * 4 / GIB  # the sampler's float32 [x, 1, |x|^2] copy of one fold
     section.add("images (real + flipped copies)", f"{len(items):,} ({n_real:,} + {len(items) - n_real:,})", "", "")
     section.add("patches x dim (float16 array)", f"{n_patches:,} x {extract['dim']} ({float16_gib:.2f} GiB)", "", "")
     section.add("feature extraction", f"{extract['seconds']:.0f} s ({len(items) / extract['seconds']:.1f} img/s)", "", "")
@@ -898,11 +901,11 @@ def section_memory(ctx: Context) -> Section:
     section.add("peak RSS after extraction", f"{seen['extract']['peak_rss'] / GIB:.2f} GiB", "", "")
     if "bank" in seen:
         bank = seen["bank"]
-        section.add(f"build_memory_bank ({ratio:.0%} coreset -> {bank['coreset_patches']:,})", f"{bank['seconds']:.0f} s", "", "")
+        section.add(f"fit_memory_bank ({ratio:.0%} coreset, cap {cap:,} -> {bank['coreset_patches']:,})", f"{bank['seconds']:.0f} s", "", "")
     else:
         state = "killed" if killed else f"exited with code {process.returncode}"
         section.add(
-            f"build_memory_bank ({ratio:.0%} coreset)",
+            f"fit_memory_bank ({ratio:.0%} coreset, cap {cap:,})",
             f"not finished after {ctx.sizes.memory_coreset_timeout:.0f} s ({state})",
             "",
             "",
@@ -916,7 +919,7 @@ def section_memory(ctx: Context) -> Section:
     )
     section.add("peak RSS above the loaded backbone", f"{(peak - seen['model']['peak_rss']) / GIB:.2f} GiB", "", "")
     section.notes.append(
-        f"the sampler's float32 working copy alone is {sampler_copy_gib:.2f} GiB ({n_patches:,} x {extract['dim'] + 2} x 4 B)"
+        f"the sampler's float32 working copy of one fold alone is {sampler_copy_gib:.2f} GiB ({fold_patches:,} x {extract['dim'] + 2} x 4 B)"
     )
     section.notes.append(
         "peak RSS is the subprocess's own VmHWM (/proc/self/status), read by a 20 ms sampling thread and at each phase; "

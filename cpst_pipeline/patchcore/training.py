@@ -18,6 +18,7 @@ import numpy as np
 
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, index_memory_bank, select_coreset
 from cpst_pipeline.patchcore.position_stats import PositionStats, fit_position_stats
+from cpst_pipeline.patchcore.sampler import coreset_size
 
 
 def assign_folds(groups: Sequence[str], folds: int) -> np.ndarray:
@@ -28,14 +29,18 @@ def assign_folds(groups: Sequence[str], folds: int) -> np.ndarray:
     return np.array([fold_of[g] for g in groups], dtype=np.int64)
 
 
-def _held_out_stats(grids: list[np.ndarray], fold_ids: np.ndarray, coresets: list[np.ndarray]) -> PositionStats:
+def _held_out_stats(grids: list[np.ndarray], fold_ids: np.ndarray, coresets: list[np.ndarray], max_images: int) -> PositionStats:
+    # An even sample of the images when there are many: the statistics need a few hundred, not thousands.
+    step = max(1, -(-len(grids) // max(2, max_images)))
+    sampled = np.zeros(len(grids), dtype=bool)
+    sampled[::step] = True
     held_out = []
     for fold in range(len(coresets)):
         others = np.concatenate([c for other, c in enumerate(coresets) if other != fold])
         index = faiss.IndexFlatL2(others.shape[1])
         index.add(others)
         bank = MemoryBank(others, index)
-        for grid in (g for g, f in zip(grids, fold_ids) if f == fold):
+        for grid in (g for g, f, keep in zip(grids, fold_ids, sampled) if f == fold and keep):
             distances, _ = bank.search(grid.reshape(-1, grid.shape[-1]), k=1)
             held_out.append(distances[:, 0].reshape(grid.shape[:2]))
     return fit_position_stats(np.stack(held_out))
@@ -55,12 +60,14 @@ def fit_memory_bank(grids: list[np.ndarray], groups: Sequence[str], config: Bank
     fold_ids = assign_folds(groups, config.folds)
     n_folds = int(fold_ids.max()) + 1
     dim = grids[0].shape[-1]
-    coresets = [
-        select_coreset(np.concatenate([g.reshape(-1, dim) for g, f in zip(grids, fold_ids) if f == fold]), config.coreset_ratio, config.seed + fold)
-        for fold in range(n_folds)
-    ]
+    coresets = []
+    for fold in range(n_folds):
+        patches = np.concatenate([g.reshape(-1, dim) for g, f in zip(grids, fold_ids) if f == fold])
+        n_select = min(coreset_size(len(patches), config.coreset_ratio), max(1, config.max_patches // n_folds))
+        coresets.append(select_coreset(patches, n_select, config.seed + fold))
+        del patches
     # With one group there is nothing held out, so no statistics: raw distances are used.
-    stats = _held_out_stats(grids, fold_ids, coresets) if n_folds > 1 else None
+    stats = _held_out_stats(grids, fold_ids, coresets, config.stats_images) if n_folds > 1 else None
     info = dict(meta or {}, source_patches=int(sum(g.shape[0] * g.shape[1] for g in grids)), folds=n_folds, position_stats=stats is not None)
     bank = index_memory_bank(np.concatenate(coresets), config, info, stats)
     bank.meta["build_seconds"] = round(time.perf_counter() - started, 3)
