@@ -45,7 +45,7 @@ class DomainCalibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DomainCalibration":
-        return cls(**{k: _from_str(v) if k in _FLOAT_FIELDS else v for k, v in data.items()})
+        return cls(**{k: float(v) if k in _FLOAT_FIELDS else v for k, v in data.items()})
 
 
 def cascade_score(calibration: DomainCalibration, gate_score: float, normalised_heatmap_score: float | None) -> float:
@@ -76,7 +76,3 @@ def _finite_or_str(value):
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return value
-
-
-def _from_str(value) -> float:
-    return float(value)

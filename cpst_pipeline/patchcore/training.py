@@ -13,10 +13,9 @@ import hashlib
 import time
 from collections.abc import Sequence
 
-import faiss
 import numpy as np
 
-from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, index_memory_bank, select_coreset
+from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_index, index_memory_bank, select_coreset
 from cpst_pipeline.patchcore.position_stats import PositionStats, fit_position_stats
 from cpst_pipeline.patchcore.sampler import coreset_size
 
@@ -37,9 +36,7 @@ def _held_out_stats(grids: list[np.ndarray], fold_ids: np.ndarray, coresets: lis
     held_out = []
     for fold in range(len(coresets)):
         others = np.concatenate([c for other, c in enumerate(coresets) if other != fold])
-        index = faiss.IndexFlatL2(others.shape[1])
-        index.add(others)
-        bank = MemoryBank(others, index)
+        bank = MemoryBank(others, build_faiss_index(others, "flat"))
         for grid in (g for g, f, keep in zip(grids, fold_ids, sampled) if f == fold and keep):
             distances, _ = bank.search(grid.reshape(-1, grid.shape[-1]), k=1)
             held_out.append(distances[:, 0].reshape(grid.shape[:2]))

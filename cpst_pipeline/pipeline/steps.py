@@ -41,6 +41,9 @@ from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 Progress = Callable[[int, int], None]
 Log = Callable[[str], None]
 
+# What the gate and the router learn from; val and test stay unseen.
+TRAINING_SPLITS = ("train_mix", "train_normal")
+
 
 def dataset_roots(config: PipelineConfig) -> list[DatasetRoot]:
     """The configured roots, or the demo dataset (generated on first use) when none are set."""
@@ -96,6 +99,14 @@ def stored_features(config: PipelineConfig, kind: str, frame: pd.DataFrame) -> l
     return [found[h] for h in frame["content_hash"]]
 
 
+def gate_embeddings(frame: pd.DataFrame, config: PipelineConfig, inputs: dict[str, DomainInputs]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Stored gate embeddings of ``frame``'s images, each domain at its own gate size; the rows
+    come back grouped by domain, in the embeddings' order."""
+    key = config.backbone.key()
+    parts = [(rows, np.stack(stored_features(config, gate_kind(key, inputs[d].gate_size), rows))) for d, rows in frame.groupby("domain", sort=False)]
+    return pd.concat([rows for rows, _ in parts]), np.concatenate([e for _, e in parts])
+
+
 def gate_scores(gate: GateNet, frame: pd.DataFrame, config: PipelineConfig, inputs: dict[str, DomainInputs]) -> np.ndarray:
     import torch
 
@@ -121,7 +132,7 @@ def fit_gate(splits: pd.DataFrame, config: PipelineConfig) -> dict:
     bank's images are training data too, and with them val AUROC rose from 0.94 to 0.98 on
     Magnetic-tile (Kolektor unchanged at 0.89-0.91; three seeds each)."""
     inputs = input_sizes(splits, config)
-    train = splits[splits["split"].isin(["train_mix", "train_normal"])]
+    train = splits[splits["split"].isin(TRAINING_SPLITS)]
     key = content_key(
         config.backbone.key(),
         {d: i.gate_size for d, i in inputs.items()},
@@ -132,13 +143,7 @@ def fit_gate(splits: pd.DataFrame, config: PipelineConfig) -> dict:
     reused = (directory / "gate.json").exists()
     started = time.perf_counter()
     if not reused:
-        embeddings = np.concatenate(
-            [
-                np.stack(stored_features(config, gate_kind(config.backbone.key(), inputs[d].gate_size), rows))
-                for d, rows in train.groupby("domain", sort=False)
-            ]
-        )
-        ordered = pd.concat([rows for _, rows in train.groupby("domain", sort=False)])
+        ordered, embeddings = gate_embeddings(train, config, inputs)
         gate = train_gate(embeddings, _labels(ordered), ordered["domain"].tolist(), config.gate)
         with atomic_directory(directory) as tmp:
             save_gate(gate, tmp)
@@ -250,10 +255,8 @@ def test_fingerprint(splits: pd.DataFrame) -> str:
 
 def fit_router(splits: pd.DataFrame, config: PipelineConfig) -> DomainRouter:
     """Domain centroids from the gate embeddings of every training image."""
-    train = splits[splits["split"].isin(["train_normal", "train_mix"])]
-    inputs = input_sizes(splits, config)
-    parts = [(rows, np.stack(stored_features(config, gate_kind(config.backbone.key(), inputs[d].gate_size), rows))) for d, rows in train.groupby("domain")]
-    return DomainRouter.fit(np.concatenate([e for _, e in parts]), [d for rows, _ in parts for d in rows["domain"]])
+    ordered, embeddings = gate_embeddings(splits[splits["split"].isin(TRAINING_SPLITS)], config, input_sizes(splits, config))
+    return DomainRouter.fit(embeddings, ordered["domain"].tolist())
 
 
 def assemble_cascade(splits: pd.DataFrame, gate_info: dict, banks_info: dict, calibration_info: dict, config: PipelineConfig) -> Path:
