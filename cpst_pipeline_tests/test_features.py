@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from cpst_pipeline.data.images import load_image_rgb
@@ -24,7 +25,8 @@ from cpst_pipeline.features.backbone import (
 )
 from cpst_pipeline.features.embed import DomainInputs, embed_domain, gate_kind, patch_kind
 from cpst_pipeline.features.extractor import FeatureExtractor
-from cpst_pipeline.features.preprocess import SIZE_MULTIPLE, fit_input_size, resize_rgb, to_batch
+from cpst_pipeline.features.loader import iter_resized_batches
+from cpst_pipeline.features.preprocess import SIZE_MULTIPLE, fit_input_size, resize_image, to_batch
 from cpst_pipeline.features.store import FeatureStore
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -71,15 +73,31 @@ def test_fit_input_size_rejects_non_positive_sizes(height, width) -> None:
         fit_input_size(height, width, 256)
 
 
-def test_resize_rgb_shape_and_content() -> None:
+def test_resize_image_shape_and_content() -> None:
     image = np.zeros((50, 80, 3), dtype=np.uint8)
     image[..., 0] = 200
     image[..., 2] = 17
-    out = resize_rgb(image, (32, 64))
+    out = resize_image(image, (32, 64))
     assert out.shape == (32, 64, 3) and out.dtype == np.uint8
     assert (out[..., 0] == 200).all() and (out[..., 1] == 0).all() and (out[..., 2] == 17).all()
     # an image already at the wanted size comes back untouched
-    assert resize_rgb(image, (50, 80)) is image
+    assert resize_image(image, (50, 80)) is image
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "1"])
+def test_loader_gives_the_pixels_of_resizing_the_rgb_image(tmp_path: Path, mode: str) -> None:
+    # The loader resizes grey images before making them RGB; training features must still
+    # match serving, which resizes the RGB array.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(123, 77, 3), dtype=np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(pixels).convert(mode).save(path)
+    sizes = [(64, 32), (32, 96)]
+    [(positions, per_size)] = list(iter_resized_batches([str(path)], sizes, batch_size=4))
+    assert positions == [0]
+    for size, (resized,) in zip(sizes, per_size):
+        assert resized.shape == (*size, 3)
+        np.testing.assert_array_equal(resized, resize_image(load_image_rgb(path), size))
 
 
 def test_to_batch_normalises_per_channel_and_is_channels_last() -> None:

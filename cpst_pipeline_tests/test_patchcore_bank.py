@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
 from cpst_pipeline.patchcore.bank import (
     INDEX_TYPES,
+    IVF_FROM_PATCHES,
     BankConfig,
+    MemoryBank,
     build_faiss_index,
     build_memory_bank,
     load_memory_bank,
@@ -82,6 +85,17 @@ def test_every_index_type_finds_points_that_are_in_the_bank(index_type: str) -> 
     np.testing.assert_array_equal(indices[:, 0], np.arange(len(bank.features)))
     typical = np.median(bank.search(bank.features, k=2)[0][:, 1])
     assert distances.max() < 1e-2 * typical
+
+
+def test_auto_index_is_exact_for_small_banks_and_ivf_for_large_ones(tmp_path: Path) -> None:
+    assert isinstance(build_faiss_index(_patches(IVF_FROM_PATCHES - 1, dim=8), "auto"), faiss.IndexFlatL2)
+    large = build_faiss_index(_patches(IVF_FROM_PATCHES, dim=8), "auto", ivf_nprobe=5)
+    assert isinstance(large, faiss.IndexIVFFlat) and large.nlist == 128 and large.nprobe == 5
+    # the probe count is part of the saved bank
+    features = _patches(IVF_FROM_PATCHES, dim=8)
+    saved = save_memory_bank(MemoryBank(features, large), tmp_path / "bank")
+    assert faiss.extract_index_ivf(load_memory_bank(saved).index).nprobe == 5
+    assert not load_memory_bank(saved).is_exact
 
 
 def test_unknown_index_type_raises() -> None:

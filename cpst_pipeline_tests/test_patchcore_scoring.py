@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_index, build_memory_bank
-from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, reweighted_image_score, score_patches
+from cpst_pipeline.patchcore.position_stats import PositionStats
+from cpst_pipeline.patchcore.scoring import (
+    REFINE_CHUNK,
+    ScoringConfig,
+    anomaly_map,
+    refine_worst_patches,
+    reweighted_image_score,
+    score_patches,
+)
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -112,3 +120,54 @@ def test_anomaly_map_without_sigma_is_the_bilinear_upsampling() -> None:
     np.testing.assert_allclose(out, reference.numpy(), atol=1e-6)
     # bilinear upsampling never overshoots the grid's range
     assert out.min() >= grid.min() - 1e-6 and out.max() <= grid.max() + 1e-6
+
+
+def test_search_exact_matches_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    bank = _bank(rng.normal(size=(500, 16)))
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+    everything = np.linalg.norm(queries[:, None, :] - bank.features[None, :, :], axis=2)
+    distances, ids = bank.search_exact(queries, k=5)
+    np.testing.assert_array_equal(ids, np.argsort(everything, axis=1)[:, :5])
+    np.testing.assert_allclose(distances, np.sort(everything, axis=1)[:, :5], rtol=1e-5)
+    # k beyond the bank clips to the bank
+    assert bank.search_exact(queries[:2], k=900)[1].shape == (2, 500)
+
+
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_approximate_index_keeps_the_image_score_exact(with_stats: bool) -> None:
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(4000, 16)).astype(np.float32)
+    # One probed list of 63 on unclustered data: most queries get a farther bank patch than the nearest.
+    approximate = MemoryBank(points, build_faiss_index(points, "ivf", ivf_nprobe=1))
+    exact = _bank(points)
+    if with_stats:
+        stats = PositionStats(rng.uniform(1.0, 2.0, size=(8, 10)).astype(np.float32), rng.uniform(0.2, 1.0, size=(8, 10)).astype(np.float32))
+        approximate.position_stats = exact.position_stats = stats
+    patches = rng.normal(size=(8, 10, 16)).astype(np.float32)
+    patches[5, 2] += 6.0
+    config = ScoringConfig(reweight_neighbors=9)
+
+    unrefined = approximate.search(patches.reshape(-1, 16), k=1)[0][:, 0]
+    assert (unrefined > exact.search(patches.reshape(-1, 16), k=1)[0][:, 0] + 1e-4).mean() > 0.5
+    fast, reference = score_patches(approximate, patches, config), score_patches(exact, patches, config)
+
+    assert fast.image_score == pytest.approx(reference.image_score, rel=1e-5)
+    assert fast.grid.max() == pytest.approx(reference.grid.max(), rel=1e-5)
+    assert fast.grid.argmax() == reference.grid.argmax()
+    # Every other value is an upper bound of the exact one.
+    assert (fast.grid >= reference.grid - 1e-4).all()
+
+
+def test_refinement_stops_once_the_worst_patch_is_exact() -> None:
+    rng = np.random.default_rng(6)
+    points = rng.normal(size=(2000, 8)).astype(np.float32)
+    bank = MemoryBank(points, build_faiss_index(points, "ivf", ivf_nprobe=1))
+    queries = rng.normal(size=(640, 8)).astype(np.float32)
+    queries[7] += 20.0  # far from everything: refined first, and nothing else can beat it
+    distances, nearest = (column[:, 0].copy() for column in bank.search(queries, k=1))
+    refined = refine_worst_patches(bank, queries, distances, nearest, lambda values: values)
+    assert refined == REFINE_CHUNK
+    exact_distance, exact_id = bank.search_exact(queries[7:8], k=1)
+    assert distances[7] == pytest.approx(exact_distance[0, 0]) and nearest[7] == exact_id[0, 0]
+

@@ -4,7 +4,7 @@
 
 For every domain with a memory bank and pixel masks: image AUROC and pixel AUROC on
 val_mix for the default configuration and for one change at a time (squashed square
-input, raw distances without position statistics, one coreset over all images,
+input, exact kNN for every patch, raw distances without position statistics, one coreset over all images,
 smaller coresets, no image-score reweighting, no map smoothing, a bank from 64 images
 only as in the reference run). The test split is never touched here.
 """
@@ -79,6 +79,7 @@ def variants(config: PipelineConfig, default_size: tuple[int, int]) -> dict[str,
     return {
         "default (aspect kept, position statistics, reweighting, sigma 4, all train images)": default,
         f"squashed to {short}x{short}": replace(default, heatmap_size=(short, short)),
+        "exact kNN for every patch (flat index)": replace(default, bank=replace(config.bank, index_type="flat")),
         "no position statistics (raw distances)": replace(default, scoring=replace(config.scoring, position_stats=False)),
         "one coreset over all images, raw distances": replace(default, bank=replace(config.bank, folds=1)),
         **{f"coreset {ratio:.1%}": replace(default, bank=replace(config.bank, coreset_ratio=ratio)) for ratio in SMALLER_CORESETS},

@@ -16,6 +16,8 @@ MaskKind = Literal["pixel", "boxes"]
 _PILLOW_RGB_MODES = frozenset(
     {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
 )
+# 8-bit modes without colour (alpha dropped as above).
+_GREY_MODES = frozenset({"1", "L", "LA"})
 # Modes deeper than 8 bits: rescaled to 0-255 by us, because Pillow's own conversion clips them.
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
@@ -43,14 +45,27 @@ def probe_image(path: str | os.PathLike) -> ImageInfo:
         return ImageInfo(width=image.width, height=image.height, mode=image.mode)
 
 
-def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """The image as an (H, W, 3) uint8 array; grey, palette, 16-bit and float images become RGB."""
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """The image as uint8: (H, W) for grey, 16-bit and float images, (H, W, 3) RGB otherwise.
+
+    Grey images stay one channel so that resizing them costs a third (see ``as_rgb``).
+    """
     with _open_decoded(path) as image:
         _check_supported_mode(path, image.mode)
         if image.mode in _HIGH_DEPTH_MODES:
-            grey = _rescale_to_uint8(np.asarray(image), image.mode)
-            return np.repeat(grey[:, :, None], 3, axis=2)
-        return np.array(image.convert("RGB"))  # a copy: np.asarray would be read-only
+            return _rescale_to_uint8(np.asarray(image), image.mode)
+        # copies: np.asarray would be read-only
+        return np.array(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) grey -> (H, W, 3); RGB passes through. Pillow turns grey into RGB the same way."""
+    return image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
+
+
+def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """The image as an (H, W, 3) uint8 array; grey, palette, 16-bit and float images become RGB."""
+    return as_rgb(load_image(path))
 
 
 def load_mask(

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cpst_pipeline.features.backbone import BackboneConfig, create_feature_network, normalisation
-from cpst_pipeline.features.preprocess import resize_rgb, to_batch
+from cpst_pipeline.features.preprocess import resize_image, to_batch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -27,7 +27,7 @@ class FeatureExtractor:
         self.feature_dim = sum(self.network.feature_info.channels())
 
     def batch(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-        resized = [resize_rgb(image, size) for image in images]
+        resized = [resize_image(image, size) for image in images]
         return to_batch(resized, self.mean, self.std).to(self.device)
 
     @torch.inference_mode()

@@ -23,8 +23,8 @@ def fit_input_size(height: float, width: float, short_side: int, max_aspect: flo
     return (long_side, short_side) if height >= width else (short_side, long_side)
 
 
-def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Antialiased bilinear resize of an HxWx3 uint8 image to ``size`` = (H, W)."""
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bilinear resize of an HxWx3 or HxW uint8 image to ``size`` = (H, W)."""
     height, width = size
     if image.shape[:2] == (height, width):
         return image
@@ -33,8 +33,8 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def to_batch(images: list[np.ndarray], mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Stack same-sized HxWx3 uint8 images into a normalised NCHW float tensor (channels-last memory)."""
-    array = np.stack(images).astype(np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(0, 3, 1, 2)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((tensor - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+    # NHWC memory viewed as NCHW is already channels-last: one pass converts and normalises.
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, 3, 1, 1)
+    return torch.addcmul(-shift, pixels, scale).contiguous(memory_format=torch.channels_last)

@@ -12,6 +12,10 @@ from scipy.ndimage import gaussian_filter
 from cpst_pipeline.patchcore.bank import MemoryBank
 
 
+# Patches re-searched per exact matrix product when refining an approximate index's answers.
+REFINE_CHUNK = 64
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     # Bank neighbours of the worst patch's match used for reweighting (anomalib's default).
@@ -40,23 +44,50 @@ def reweighted_image_score(bank: MemoryBank, patches: np.ndarray, distances: np.
     if k < 2:
         return score
     match = bank.features[nearest[worst]][None, :]
-    _, neighbour_ids = bank.search(match, k)
+    _, neighbour_ids = bank.search_exact(match, k)
     neighbours = bank.features[neighbour_ids[0]]
     to_neighbours = np.linalg.norm(neighbours - patches[worst][None, :].astype(np.float32), axis=1)
     weights = torch.softmax(torch.from_numpy(to_neighbours), dim=0).numpy()
     return float((1.0 - weights[0]) * score)
 
 
+def refine_worst_patches(bank: MemoryBank, queries: np.ndarray, distances: np.ndarray, nearest: np.ndarray, to_scores) -> int:
+    """Re-search, exactly and in place, the patches an approximate index scored worst; returns how many.
+
+    An approximate index returns some bank patch, so its distance can only overestimate the
+    exact one. Once the best exact score among re-searched patches beats every remaining
+    estimate, the image's worst patch, its score and its match are exact; the map's other
+    values stay upper bounds below it.
+    """
+    scores = to_scores(distances)
+    order = np.argsort(-scores, kind="stable")
+    best = -np.inf
+    for start in range(0, len(order), REFINE_CHUNK):
+        chunk = order[start : start + REFINE_CHUNK]
+        if scores[chunk[0]] <= best:
+            return start
+        exact, ids = bank.search_exact(queries[chunk], k=1)
+        distances[chunk], nearest[chunk] = exact[:, 0], ids[:, 0]
+        best = max(best, float(to_scores(distances)[chunk].max()))
+    return len(order)
+
+
 def score_patches(bank: MemoryBank, patches: np.ndarray, config: ScoringConfig) -> PatchScores:
     """``patches`` (h, w, D) of one image -> per-patch distances and the image score."""
     height, width, dim = patches.shape
     flat = np.ascontiguousarray(patches.reshape(-1, dim), dtype=np.float32)
-    distances, nearest = bank.search(flat, k=1)
-    grid = distances[:, 0].reshape(height, width)
-    if config.position_stats and bank.position_stats is not None:
-        grid = bank.position_stats.standardise(grid)
-    image_score = reweighted_image_score(bank, flat, grid.ravel(), nearest[:, 0], config.reweight_neighbors)
-    return PatchScores(grid=grid, image_score=image_score)
+    distances, nearest = (column[:, 0].copy() for column in bank.search(flat, k=1))
+    stats = bank.position_stats if config.position_stats else None
+
+    def to_scores(values: np.ndarray) -> np.ndarray:
+        grid = values.reshape(height, width)
+        return (stats.standardise(grid) if stats is not None else grid).ravel()
+
+    if not bank.is_exact:
+        refine_worst_patches(bank, flat, distances, nearest, to_scores)
+    scores = to_scores(distances)
+    image_score = reweighted_image_score(bank, flat, scores, nearest, config.reweight_neighbors)
+    return PatchScores(grid=scores.reshape(height, width), image_score=image_score)
 
 
 def anomaly_map(grid: np.ndarray, input_size: tuple[int, int], image_size: tuple[int, int], sigma: float) -> np.ndarray:
