@@ -176,6 +176,19 @@ def verdict(value: float | None, limit: float, below: bool = True, applies: bool
     return "met" if (value <= limit if below else value >= limit) else "NOT met"
 
 
+def reference_gflops(repeats: int = 5) -> float:
+    """Speed of this machine right now: a 2,560 x 152 by 152 x 35,840 float32 product, best of
+    ``repeats``. Shared hosts drift by 2x and more within an hour, and load average misses it."""
+    rng = np.random.default_rng(0)
+    queries, bank = rng.random((2_560, 152), dtype=np.float32), rng.random((35_840, 152), dtype=np.float32)
+    best = math.inf
+    for _ in range(repeats):
+        with stopwatch() as t:
+            queries @ bank.T
+        best = min(best, t())
+    return 2 * 2_560 * 35_840 * 152 / best / 1e9
+
+
 def set_threads(n: int) -> None:
     import faiss
 
@@ -1084,7 +1097,9 @@ def markdown(sections: list[Section], header: dict) -> str:
             f"`python -m cpst_pipeline.benchmark.speed --data <datasets>{' --quick' if header['quick'] else ''}` "
             f"on {header['machine']}, {header['cpu_count']} CPUs, {header['torch_threads']} torch threads, "
             f"device `{header['device']}`, load average {header['load_average']} at the start, "
-            f"backbone `{header['backbone']}`, {header['date']}, {header['seconds']:.0f} s in all."
+            f"backbone `{header['backbone']}`, {header['date']}, {header['seconds']:.0f} s in all. "
+            f"Reference matrix product (the exact kNN of one Kolektor image): {header['reference_gflops_start']:.0f} "
+            f"GFLOP/s at the start, {header['reference_gflops_end']:.0f} at the end; compare runs by it."
         ),
     ]
     if header["busy"]:
@@ -1166,6 +1181,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "datasets": {k: str(v) for k, v in ctx.datasets.items()},
     }
+    header["reference_gflops_start"] = reference_gflops()
     busy = os.getloadavg()[0] > 0.5 * header["affinity_cpus"]
     header["busy"] = busy
     if busy:
@@ -1204,6 +1220,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     header["seconds"] = time.perf_counter() - started
+    header["reference_gflops_end"] = reference_gflops()
     text = markdown(sections, header)
     write_json_atomic(
         json_path, {"header": header, "sections": {s.key: {"rows": s.rows, "notes": s.notes, "data": s.data} for s in sections}}
