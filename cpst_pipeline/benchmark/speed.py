@@ -643,8 +643,8 @@ def section_latency(ctx: Context, device: str = "cpu", with_faiss: bool = True) 
         started = time.perf_counter()
         return load_image_rgb(path), time.perf_counter() - started
 
-    # The cascade as served: consecutive images, the heatmap only where the gate escalates (running
-    # it for every image in between would also slow the next gate pass: caches, oneDNN primitives).
+    # The cascade as served: consecutive images, the heatmap only where the gate escalates; the
+    # stage breakdown below runs every stage on every image, which is not how images are served.
     served = []
     for path in tqdm(measured["path"], desc="CascadeModel.predict (cascade)", unit="img", leave=False):
         image, decode = decoded(path)
