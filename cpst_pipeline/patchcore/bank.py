@@ -76,7 +76,7 @@ class MemoryBank:
         return np.take_along_axis(distances, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
 
-def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0, ivf_nprobe: int = 16) -> faiss.Index:
+def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0, ivf_nprobe: int = BankConfig.ivf_nprobe) -> faiss.Index:
     dim = features.shape[1]
     if index_type == "auto":
         index_type = "ivf" if len(features) >= IVF_FROM_PATCHES else "flat"
@@ -95,6 +95,11 @@ def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0, ivf_
         raise ValueError(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
     index.add(features)
     return index
+
+
+def capped_coreset_size(n_patches: int, config: BankConfig, folds: int = 1) -> int:
+    """Coreset size for ``n_patches`` at the configured ratio, within this fold's share of the bank cap."""
+    return min(coreset_size(n_patches, config.coreset_ratio), max(1, config.max_patches // folds))
 
 
 def select_coreset(patches: np.ndarray, n_select: int, seed: int = 0) -> np.ndarray:
@@ -116,7 +121,7 @@ def index_memory_bank(coreset: np.ndarray, config: BankConfig, info: dict, posit
 def build_memory_bank(patches: np.ndarray, config: BankConfig, meta: dict | None = None) -> MemoryBank:
     """One greedy coreset of ``patches`` (N, D), indexed; no position statistics."""
     started = time.perf_counter()
-    coreset = select_coreset(patches, min(coreset_size(len(patches), config.coreset_ratio), config.max_patches), config.seed)
+    coreset = select_coreset(patches, capped_coreset_size(len(patches), config), config.seed)
     bank = index_memory_bank(coreset, config, dict(meta or {}, source_patches=int(len(patches))))
     bank.meta["build_seconds"] = round(time.perf_counter() - started, 3)
     return bank

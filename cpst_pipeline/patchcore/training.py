@@ -15,9 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_index, index_memory_bank, select_coreset
+from cpst_pipeline.patchcore.bank import (
+    BankConfig,
+    MemoryBank,
+    build_faiss_index,
+    capped_coreset_size,
+    index_memory_bank,
+    select_coreset,
+)
 from cpst_pipeline.patchcore.position_stats import PositionStats, fit_position_stats
-from cpst_pipeline.patchcore.sampler import coreset_size
 
 
 def assign_folds(groups: Sequence[str], folds: int) -> np.ndarray:
@@ -60,8 +66,7 @@ def fit_memory_bank(grids: list[np.ndarray], groups: Sequence[str], config: Bank
     coresets = []
     for fold in range(n_folds):
         patches = np.concatenate([g.reshape(-1, dim) for g, f in zip(grids, fold_ids) if f == fold])
-        n_select = min(coreset_size(len(patches), config.coreset_ratio), max(1, config.max_patches // n_folds))
-        coresets.append(select_coreset(patches, n_select, config.seed + fold))
+        coresets.append(select_coreset(patches, capped_coreset_size(len(patches), config, n_folds), config.seed + fold))
         del patches
     # With one group there is nothing held out, so no statistics: raw distances are used.
     stats = _held_out_stats(grids, fold_ids, coresets, config.stats_images) if n_folds > 1 else None
