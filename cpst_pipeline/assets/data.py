@@ -25,6 +25,7 @@ def dataset_index(context: AssetExecutionContext, settings: CpstSettings) -> Out
         result.index,
         metadata={
             "images": len(result.index),
+            "images_read": MetadataValue.int(result.images_read),
             "domains": MetadataValue.md(_counts_markdown(result.index, ["domain"], "label")),
             "quarantined": len(quarantine),
             "quarantine": MetadataValue.md(quarantine.head(50).to_markdown(index=False) if len(quarantine) else "none"),

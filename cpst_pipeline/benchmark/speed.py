@@ -293,6 +293,7 @@ def run_pipeline_steps(config: PipelineConfig, assemble: bool = False) -> dict:
         "seconds": seconds,
         "total_seconds": sum(v for k, v in seconds.items() if k != "assemble"),
         "splits": splits,
+        "images_read": index.images_read,
         "embedded": embedded["computed"],
         "gate_reused": gate["reused"],
         "gate_path": gate["path"],
@@ -1049,6 +1050,10 @@ def section_incremental(ctx: Context) -> Section:
     section.add("  per step, s", step_text(added), "", "")
     section.add("  re-run / full", f"{ratio:.1%}", "<= 15 %", verdict(ratio, 0.15))
     section.add(
+        "  images read by the index (decoded + hashed)", str(added["images_read"]), f"{n_added_images} (the new ones)",
+        "met" if added["images_read"] == n_added_images else "NOT met",
+    )
+    section.add(
         "  images embedded",
         ", ".join(f"{d} {n}" for d, n in sorted(added["embedded"].items())),
         f"{n_added_images} (the new ones)",
@@ -1063,7 +1068,8 @@ def section_incremental(ctx: Context) -> Section:
         "",
     )
     nothing = (
-        sum(again["embedded"].values()) == 0
+        again["images_read"] == 0
+        and sum(again["embedded"].values()) == 0
         and again["gate_reused"]
         and again["calibration_reused"]
         and all(b["reused"] for b in again["banks"].values())
@@ -1076,10 +1082,10 @@ def section_incremental(ctx: Context) -> Section:
     )
     section.add("  per step, s", step_text(again), "", "")
     section.add(
-        "  embedded / banks / gate / calibration",
-        f"{sum(again['embedded'].values())} / {banks_text(again)} / {'reused' if again['gate_reused'] else 'retrained'} / "
+        "  read / embedded / banks / gate / calibration",
+        f"{again['images_read']} / {sum(again['embedded'].values())} / {banks_text(again)} / {'reused' if again['gate_reused'] else 'retrained'} / "
         f"{'reused' if again['calibration_reused'] else 'recomputed'}",
-        "0 / all reused / reused / reused",
+        "0 / 0 / all reused / reused / reused",
         "met" if nothing else "NOT met",
     )
     section.notes.append(

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cpst_pipeline.data.images import ImageReadError, load_mask, probe_image
 from cpst_pipeline.data.layouts import Candidate, DatasetRoot, LayoutNotRecognised, Rejected, iter_candidates
+from cpst_pipeline.data.probe_cache import CacheKey, Probe, ProbeCache
 
 INDEX_COLUMNS = [
     "image_id",
@@ -46,12 +47,15 @@ Progress = Callable[[int, int], None]
 class IndexResult:
     index: pd.DataFrame
     quarantine: pd.DataFrame
+    images_read: int  # images decoded and hashed in this run; the others came from the probe cache
 
 
-def build_index(roots: list[DatasetRoot], progress: Progress | None = None) -> IndexResult:
+def build_index(roots: list[DatasetRoot], progress: Progress | None = None, probe_cache: Path | None = None) -> IndexResult:
     """Index every image under ``roots``; ``progress(done, total)`` is called as images are checked.
 
-    Raises ValueError only when a root is missing or no root yields a single usable image.
+    With ``probe_cache`` (a parquet file, see ``probe_cache.py``), images unchanged since the run
+    that wrote it are not read again. Raises ValueError only when a root is missing or no root
+    yields a single usable image.
     """
     if not roots:
         raise ValueError("no dataset roots given")
@@ -60,7 +64,8 @@ def build_index(roots: list[DatasetRoot], progress: Progress | None = None) -> I
         raise ValueError(f"dataset roots do not exist or are not folders: {', '.join(missing)}")
 
     candidates, rejected = _unique_candidates(_records_of(roots))
-    rows, unreadable = _inspect_all(candidates, progress)
+    cache = ProbeCache(probe_cache)
+    rows, unreadable, images_read = _inspect_all(candidates, cache, progress)
     rejected += unreadable
     if not rows:
         examples = "; ".join(f"{r.path}: {r.reason}" for r in rejected[:3])
@@ -77,7 +82,8 @@ def build_index(roots: list[DatasetRoot], progress: Progress | None = None) -> I
     quarantine = pd.DataFrame([vars(r) for r in rejected], columns=QUARANTINE_COLUMNS)
     # Overlapping roots report the same bad file twice; once is enough.
     quarantine = quarantine.drop_duplicates().sort_values(["domain", "path", "reason"], ignore_index=True)
-    return IndexResult(index=index, quarantine=quarantine)
+    cache.save()
+    return IndexResult(index=index, quarantine=quarantine, images_read=images_read)
 
 
 def image_id(path: str) -> str:
@@ -108,28 +114,45 @@ def _unique_candidates(records: Iterable[Candidate | Rejected]) -> tuple[list[Ca
     return list(candidates.values()), rejected
 
 
-def _inspect_all(candidates: list[Candidate], progress: Progress | None) -> tuple[list[dict], list[Rejected]]:
+def _inspect_all(candidates: list[Candidate], cache: ProbeCache, progress: Progress | None) -> tuple[list[dict], list[Rejected], int]:
+    """Index rows of the usable candidates, the rejected ones, and how many files were read."""
     rows: list[dict] = []
     rejected: list[Rejected] = []
+    unknown: list[tuple[Candidate, CacheKey | None]] = []
+    for candidate in candidates:
+        key, probe = cache.lookup(candidate.path, candidate.mask_path)
+        if probe is None:
+            unknown.append((candidate, key))
+        else:
+            cache.remember(key, probe)
+            rows.append(_index_row(candidate, probe))
+    if progress is not None and rows:
+        progress(len(rows), len(candidates))
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        futures = [pool.submit(_inspect, candidate) for candidate in candidates]
-        for done, future in enumerate(as_completed(futures), start=1):
-            outcome = future.result()
-            (rejected if isinstance(outcome, Rejected) else rows).append(outcome)
+        futures = {pool.submit(_probe, candidate): (candidate, key) for candidate, key in unknown}
+        for done, future in enumerate(as_completed(futures), start=len(rows) + 1):
+            candidate, key = futures[future]
+            try:
+                probe = future.result()
+            except ImageReadError as error:
+                rejected.append(Rejected(candidate.path, candidate.domain, error.reason))
+            else:
+                cache.remember(key, probe)
+                rows.append(_index_row(candidate, probe))
             if progress is not None:
-                progress(done, len(futures))
-    return rows, rejected
+                progress(done, len(candidates))
+    return rows, rejected, len(unknown)
 
 
-def _inspect(candidate: Candidate) -> dict | Rejected:
-    """The index row of one image, or why it cannot be used."""
-    try:
-        info = probe_image(candidate.path)
-        if candidate.mask_path is not None:
-            load_mask(candidate.mask_path, candidate.mask_kind, (info.width, info.height))
-        content_hash = _content_hash(candidate.path)
-    except ImageReadError as error:
-        return Rejected(candidate.path, candidate.domain, error.reason)
+def _probe(candidate: Candidate) -> Probe:
+    """Check that the image (and its mask) decode completely; raises ImageReadError."""
+    info = probe_image(candidate.path)
+    if candidate.mask_path is not None:
+        load_mask(candidate.mask_path, candidate.mask_kind, (info.width, info.height))
+    return Probe(width=info.width, height=info.height, mode=info.mode, content_hash=_content_hash(candidate.path))
+
+
+def _index_row(candidate: Candidate, probe: Probe) -> dict:
     return {
         "image_id": image_id(candidate.path),
         "path": candidate.path,
@@ -140,10 +163,10 @@ def _inspect(candidate: Candidate) -> dict | Rejected:
         "mask_path": candidate.mask_path,
         "mask_kind": candidate.mask_kind,
         "group_id": _own_group_key(candidate),
-        "width": info.width,
-        "height": info.height,
-        "mode": info.mode,
-        "content_hash": content_hash,
+        "width": probe.width,
+        "height": probe.height,
+        "mode": probe.mode,
+        "content_hash": probe.content_hash,
     }
 
 

@@ -53,7 +53,7 @@ def dataset_roots(config: PipelineConfig) -> list[DatasetRoot]:
 
 
 def index_datasets(config: PipelineConfig, progress: Progress | None = None) -> IndexResult:
-    result = build_index(dataset_roots(config), progress=progress)
+    result = build_index(dataset_roots(config), progress=progress, probe_cache=config.artifacts_dir / "index_probes.parquet")
     with atomic_path(config.artifacts_dir / "quarantine.parquet") as tmp:
         result.quarantine.to_parquet(tmp, index=False)
     return result
