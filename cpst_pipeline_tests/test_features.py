@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cpst_pipeline.data.images import load_image_rgb
+from cpst_pipeline.data.images import as_rgb, load_image, load_image_rgb
 from cpst_pipeline.features.backbone import (
     BUNDLED_WEIGHTS_MODEL,
     BackboneConfig,
@@ -85,9 +85,9 @@ def test_resize_image_shape_and_content() -> None:
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "1"])
-def test_loader_gives_the_pixels_of_resizing_the_rgb_image(tmp_path: Path, mode: str) -> None:
-    # The loader resizes grey images before making them RGB; training features must still
-    # match serving, which resizes the RGB array.
+def test_grey_resized_before_rgb_gives_the_pixels_of_resizing_the_rgb_image(tmp_path: Path, mode: str) -> None:
+    # The loader resizes grey images while they are one channel and FeatureExtractor.batch makes
+    # them RGB afterwards: training and serving must still see the pixels of the RGB image resized.
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(123, 77, 3), dtype=np.uint8)
     path = tmp_path / "image.png"
@@ -96,8 +96,8 @@ def test_loader_gives_the_pixels_of_resizing_the_rgb_image(tmp_path: Path, mode:
     [(positions, per_size)] = list(iter_resized_batches([str(path)], sizes, batch_size=4))
     assert positions == [0]
     for size, (resized,) in zip(sizes, per_size):
-        assert resized.shape == (*size, 3)
-        np.testing.assert_array_equal(resized, resize_image(load_image_rgb(path), size))
+        assert resized.shape == (size if mode != "RGB" else (*size, 3))
+        np.testing.assert_array_equal(as_rgb(resized), resize_image(load_image_rgb(path), size))
 
 
 def test_to_batch_normalises_per_channel_and_is_channels_last() -> None:
@@ -227,6 +227,13 @@ def test_patch_features_and_embedding_shapes(extractor: FeatureExtractor) -> Non
     assert torch.allclose(embedding[:, 152:], flat.amax(dim=1), atol=1e-5)
     # different images give different features
     assert not torch.allclose(embedding[0], embedding[1])
+
+
+def test_batch_of_a_grey_image_equals_the_batch_of_its_rgb_copy(tiny_demo: Path, extractor: FeatureExtractor) -> None:
+    path = next(tiny_demo.rglob("*.png"))
+    grey = load_image(path)
+    assert grey.ndim == 2
+    torch.testing.assert_close(extractor.batch([grey], (64, 32)), extractor.batch([load_image_rgb(path)], (64, 32)), rtol=0, atol=0)
 
 
 def test_features_do_not_depend_on_the_rest_of_the_batch(extractor: FeatureExtractor) -> None:

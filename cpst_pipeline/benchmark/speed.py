@@ -54,14 +54,13 @@ from tqdm import tqdm
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.cascade.model import CascadeModel
-from cpst_pipeline.data.images import load_image_rgb
+from cpst_pipeline.data.images import load_image
 from cpst_pipeline.data.index import build_index
 from cpst_pipeline.data.layouts import Candidate, DatasetRoot, detect_layout, iter_candidates
 from cpst_pipeline.evaluation.metrics import latency_summary
 from cpst_pipeline.features.embed import embed_domain
 from cpst_pipeline.features.extractor import FeatureExtractor, resolve_device
 from cpst_pipeline.features.loader import iter_resized_batches
-from cpst_pipeline.features.preprocess import resize_image
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_index
@@ -472,11 +471,11 @@ def section_embedding(ctx: Context, device: str = "cpu") -> Section:
     extractor = FeatureExtractor(ctx.config.backbone, device)
 
     # Pre-decoded, pre-resized, normalised tensors of the same sizes and batches as embed_domain uses.
-    decoded = [load_image_rgb(p) for p in tqdm(rows["path"], desc="pre-decoding", unit="img", leave=False)]
+    decoded = [load_image(p) for p in tqdm(rows["path"], desc="pre-decoding", unit="img", leave=False)]
     tensors = [
         (
-            extractor.batch([resize_image(im, inputs.heatmap_size) for im in decoded[s : s + batch]], inputs.heatmap_size),
-            extractor.batch([resize_image(im, inputs.gate_size) for im in decoded[s : s + batch]], inputs.gate_size),
+            extractor.batch(decoded[s : s + batch], inputs.heatmap_size),
+            extractor.batch(decoded[s : s + batch], inputs.gate_size),
         )
         for s in range(0, n, batch)
     ]
@@ -639,10 +638,10 @@ def section_latency(ctx: Context, device: str = "cpu", with_faiss: bool = True) 
         raise RuntimeError(f"the Kolektor test split has only {len(test)} images: nothing left to time after the warm-up")
 
     for path in warm["path"]:
-        model.predict(load_image_rgb(path), domain, force_heatmap=True)
+        model.predict(load_image(path), domain, force_heatmap=True)
     def decoded(path: str) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
-        return load_image_rgb(path), time.perf_counter() - started
+        return load_image(path), time.perf_counter() - started
 
     # The cascade as served: consecutive images, the heatmap only where the gate escalates; the
     # stage breakdown below runs every stage on every image, which is not how images are served.
@@ -673,7 +672,7 @@ def section_latency(ctx: Context, device: str = "cpu", with_faiss: bool = True) 
 
     # The comparison: one bare backbone pass (patch_features) at the heatmap size, batch size 1.
     size = model.inputs[domain].heatmap_size
-    batch = model.extractor.batch([load_image_rgb(measured["path"].iloc[0])], size)
+    batch = model.extractor.batch([load_image(measured["path"].iloc[0])], size)
     for _ in range(sizes.latency_warmup):
         model.extractor.patch_features(batch).cpu()
     forward = []
@@ -759,7 +758,7 @@ def faiss_rows(section: Section, model: CascadeModel, test: pd.DataFrame, n_imag
     paths = test["path"].head(n_images).tolist()
     n_images = len(paths)
     grids = [
-        model.extractor.patch_features(model.extractor.batch([load_image_rgb(p)], size))[0].cpu().numpy() for p in paths
+        model.extractor.patch_features(model.extractor.batch([load_image(p)], size))[0].cpu().numpy() for p in paths
     ]
     queries = np.concatenate([g.reshape(-1, bank.shape[1]) for g in grids]).astype(np.float32)
     ivf = {f"ivf nprobe {n}": n for n in IVF_NPROBES}

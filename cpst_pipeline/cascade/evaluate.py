@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from cpst_pipeline.cascade.model import CascadeModel
-from cpst_pipeline.data.images import load_image_rgb, load_mask
+from cpst_pipeline.data.images import load_image, load_mask
 from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, classification_metrics, latency_summary, threshold_sweep
 from cpst_pipeline.evaluation.plots import plot_heatmap_overlays, plot_pr, plot_roc, plot_score_histograms, plot_threshold_sweep
 
@@ -46,7 +46,7 @@ def run_test_split(
     rows, accumulators, samples = [], {}, {}
     for position, record in enumerate(test.itertuples(index=False)):
         started = time.perf_counter()
-        image = load_image_rgb(record.path)
+        image = load_image(record.path)
         decode = time.perf_counter() - started
         prediction = model.predict(image, record.domain, force_heatmap=True)
         started = time.perf_counter()

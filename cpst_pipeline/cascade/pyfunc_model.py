@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from cpst_pipeline.cascade.model import CascadeModel
-from cpst_pipeline.data.images import load_image_rgb
+from cpst_pipeline.data.images import load_image
 
 
 class CascadePyfunc(PythonModel):
@@ -28,7 +28,7 @@ class CascadePyfunc(PythonModel):
         domains = model_input["domain"] if "domain" in model_input.columns else [None] * len(model_input)
         rows = []
         for path, domain in zip(model_input["path"], domains):
-            prediction = self.model.predict(load_image_rgb(path), domain if isinstance(domain, str) else None)
+            prediction = self.model.predict(load_image(path), domain if isinstance(domain, str) else None)
             rows.append(
                 {
                     "domain": prediction.domain,

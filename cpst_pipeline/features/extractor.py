@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cpst_pipeline.data.images import as_rgb
 from cpst_pipeline.features.backbone import BackboneConfig, create_feature_network, normalisation
 from cpst_pipeline.features.preprocess import resize_image, to_batch
 
@@ -27,7 +28,9 @@ class FeatureExtractor:
         self.feature_dim = sum(self.network.feature_info.channels())
 
     def batch(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-        resized = [resize_image(image, size) for image in images]
+        """(H, W) grey or (H, W, 3) RGB uint8 images -> one input tensor; grey is resized while it is
+        still one channel (a third of the work, the same pixels)."""
+        resized = [as_rgb(resize_image(image, size)) for image in images]
         return to_batch(resized, self.mean, self.std).to(self.device)
 
     @torch.inference_mode()

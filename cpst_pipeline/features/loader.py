@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from cpst_pipeline.data.images import as_rgb, load_image
+from cpst_pipeline.data.images import load_image
 from cpst_pipeline.features.preprocess import resize_image
 
 
 def _decode_and_resize(path: str, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    image = load_image(path)  # grey stays one channel until resized: a third of the work
-    return [as_rgb(resize_image(image, size)) for size in sizes]
+    image = load_image(path)  # grey stays one channel: FeatureExtractor.batch makes it RGB after resizing
+    return [resize_image(image, size) for size in sizes]
 
 
 def iter_resized_batches(
