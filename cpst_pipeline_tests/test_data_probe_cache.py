@@ -76,3 +76,6 @@ def test_unreadable_cache_is_rebuilt(tmp_path: Path) -> None:
     cache.write_bytes(b"not parquet")
     assert index_with_cache(root, cache).images_read == 5
     assert index_with_cache(root, cache).images_read == 0
+    # a cache written with other columns (another version) is rebuilt too
+    pd.read_parquet(cache).drop(columns="mask_kind").to_parquet(cache)
+    assert index_with_cache(root, cache).images_read == 5

@@ -120,7 +120,7 @@ def _inspect_all(candidates: list[Candidate], cache: ProbeCache, progress: Progr
     rejected: list[Rejected] = []
     unknown: list[tuple[Candidate, CacheKey | None]] = []
     for candidate in candidates:
-        key, probe = cache.lookup(candidate.path, candidate.mask_path)
+        key, probe = cache.lookup(candidate.path, candidate.mask_path, candidate.mask_kind)
         if probe is None:
             unknown.append((candidate, key))
         else:

@@ -47,15 +47,15 @@ class Probe:
     content_hash: str
 
 
-_KEY_COLUMNS = ["path", "mask_path"] + [f.name for f in fields(FileStamps)]
+_KEY_COLUMNS = ["path", "mask_path", "mask_kind"] + [f.name for f in fields(FileStamps)]
 _COLUMNS = _KEY_COLUMNS + [f.name for f in fields(Probe)]
 
 
-CacheKey = tuple[str, "str | None", FileStamps]
+CacheKey = tuple[str, "str | None", "str | None", FileStamps]
 
 
 class ProbeCache:
-    """Probes of good images by (path, mask path, stamps); ``save`` keeps only this run's files.
+    """Probes of good images by (path, mask path and kind, stamps); ``save`` keeps only this run's files.
 
     Without a ``path`` it remembers nothing, and every file is read."""
 
@@ -65,18 +65,18 @@ class ProbeCache:
         self._seen: dict[CacheKey, Probe] = {}
         if self.path is not None and self.path.exists():
             for row in _read_or_empty(self.path).itertuples(index=False):
-                mask_path = row.mask_path if isinstance(row.mask_path, str) else None
+                mask_path, mask_kind = (value if isinstance(value, str) else None for value in (row.mask_path, row.mask_kind))
                 stamps = FileStamps(row.size, row.mtime_ns, row.mask_size, row.mask_mtime_ns)
-                self._known[(row.path, mask_path, stamps)] = Probe(row.width, row.height, row.mode, row.content_hash)
+                self._known[(row.path, mask_path, mask_kind, stamps)] = Probe(row.width, row.height, row.mode, row.content_hash)
 
-    def lookup(self, path: str, mask_path: str | None) -> tuple[CacheKey | None, Probe | None]:
+    def lookup(self, path: str, mask_path: str | None, mask_kind: str | None) -> tuple[CacheKey | None, Probe | None]:
         """The file's key (None: not cacheable) and its probe from the last run, if unchanged."""
         if self.path is None:
             return None, None
         stamps = FileStamps.of(path, mask_path)
         if stamps is None:
             return None, None
-        key = (path, mask_path, stamps)
+        key = (path, mask_path, mask_kind, stamps)
         return key, self._known.get(key)
 
     def remember(self, key: CacheKey | None, probe: Probe) -> None:
@@ -86,9 +86,8 @@ class ProbeCache:
     def save(self) -> None:
         if self.path is None:
             return
-        rows = [(path, mask_path, *astuple(stamps), *astuple(probe)) for (path, mask_path, stamps), probe in self._seen.items()]
-        frame = pd.DataFrame(rows, columns=_COLUMNS)
-        frame["mask_path"] = frame["mask_path"].astype(object)
+        rows = [(*key[:3], *astuple(key[3]), *astuple(probe)) for key, probe in self._seen.items()]
+        frame = pd.DataFrame(rows, columns=_COLUMNS).astype({"mask_path": object, "mask_kind": object})
         with atomic_path(self.path) as tmp:
             frame.to_parquet(tmp, index=False)
 
