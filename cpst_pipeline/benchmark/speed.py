@@ -654,6 +654,7 @@ def section_latency(ctx: Context, device: str = "cpu", with_faiss: bool = True) 
 
     for path in warm["path"]:
         model.predict(load_image(path), domain, force_heatmap=True)
+
     def decoded(path: str) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         return load_image(path), time.perf_counter() - started

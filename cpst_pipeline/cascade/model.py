@@ -164,8 +164,9 @@ class CascadeModel:
         return calibration.normalise(scores.image_score), normalised_map.astype(np.float32)
 
     def predict(self, image: np.ndarray, domain: str | None = None, force_heatmap: bool = False) -> Prediction:
-        """Score one uint8 image, (H, W) grey or (H, W, 3) RGB. Without ``domain`` the router picks one; an image that fits no
-        domain is flagged (``is_anomaly`` True, for review) rather than scored against a wrong bank.
+        """Score one uint8 image, (H, W) grey or (H, W, 3) RGB. Without ``domain`` the router picks
+        one; an image that fits no domain is flagged (``is_anomaly`` True, for review) rather than
+        scored against a wrong bank.
         ``force_heatmap`` runs the heatmap even when the gate is sure (for the always-heatmap
         baseline); the decision still follows the cascade."""
         seconds: dict[str, float] = {}
