@@ -1,19 +1,18 @@
 """Dagster resources: the pipeline settings and the IO manager that stores asset values without pickle."""
 
 
-import json
 import os
 from pathlib import Path
 
-import pandas as pd
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManagerFactory, ConfigurableResource, InputContext, MetadataValue, OutputContext, ResourceDependency, UPathIOManager
+from upath import UPath
 
 from cpst_pipeline.cascade.calibration import CalibrationConfig
 from cpst_pipeline.data.splits import SplitConfig
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import ResolutionConfig
-from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig
+from cpst_pipeline.pipeline.artifact_store import read_artifact, write_artifact
 from cpst_pipeline.pipeline.config import PipelineConfig
 
 
@@ -32,6 +31,14 @@ class CpstSettings(ConfigurableResource):
     max_heatmap_call_rate: float = 0.35
     split_seed: int = 0
     model_name: str = "cpst-cascade"
+    # Where asset values live: any fsspec URL (e.g. s3://bucket/cpst for workers on several
+    # machines); empty means <data_dir>/artifacts/assets.
+    asset_storage: str = os.environ.get("CPST_ASSET_STORAGE", "")
+
+    def asset_storage_path(self) -> UPath:
+        if self.asset_storage:
+            return UPath(self.asset_storage)
+        return UPath(Path(self.data_dir).resolve() / "artifacts" / "assets")
 
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(
@@ -46,26 +53,32 @@ class CpstSettings(ConfigurableResource):
         )
 
 
-class ArtifactIOManager(ConfigurableIOManager):
-    """DataFrames as parquet, everything else as JSON, one file per asset, written atomically."""
+class ArtifactStore(UPathIOManager):
+    """Stores each asset value (one per partition) as a folder of plain files; see pipeline.artifact_store."""
 
-    base_dir: str
+    def dump_to_path(self, context: OutputContext, obj, path: UPath) -> None:
+        version = write_artifact(path, obj)
+        context.add_output_metadata({"stored_version": MetadataValue.path(str(version))})
 
-    def _path(self, asset_key_path: list[str], suffix: str) -> Path:
-        return Path(self.base_dir).resolve().joinpath(*asset_key_path).with_suffix(suffix)
-
-    def handle_output(self, context: OutputContext, obj) -> None:
-        if isinstance(obj, pd.DataFrame):
-            with atomic_path(self._path(context.asset_key.path, ".parquet")) as tmp:
-                obj.to_parquet(tmp, index=False)
-        else:
-            write_json_atomic(self._path(context.asset_key.path, ".json"), obj)
+    def load_from_path(self, context: InputContext, path: UPath):
+        return read_artifact(path)
 
     def load_input(self, context: InputContext):
-        parquet = self._path(context.asset_key.path, ".parquet")
-        if parquet.exists():
-            return pd.read_parquet(parquet)
-        path = self._path(context.asset_key.path, ".json")
-        if not path.exists():
-            raise FileNotFoundError(f"{context.asset_key.to_user_string()} has not been materialized yet ({path} missing)")
-        return json.loads(path.read_text())
+        """A cross-domain asset (input typed ``dict``) gets ``{domain: value}`` even for one domain."""
+        loaded = super().load_input(context)
+        if not (context.has_asset_partitions and getattr(context.dagster_type.typing_type, "__origin__", None) is dict):
+            return loaded
+        keys = context.asset_partition_keys
+        if not keys:
+            return {}
+        return {keys[0]: loaded} if len(keys) == 1 else loaded
+
+
+class ArtifactIOManager(ConfigurableIOManagerFactory):
+    """The IO manager, with its folder taken from the settings resource (so the launchpad's
+    ``data_dir`` or ``asset_storage`` moves artifacts and receipts together)."""
+
+    settings: ResourceDependency[CpstSettings]
+
+    def create_io_manager(self, context) -> ArtifactStore:
+        return ArtifactStore(self.settings.asset_storage_path())

@@ -1,14 +1,13 @@
-"""Retraining: rebuild what is stale and register a challenger. Off until someone turns it on."""
+"""Retraining: a sensor that evaluates the assets' automation conditions (assets/automation.py):
+the index is refreshed weekly and everything downstream is rebuilt only where it is stale.
+Off until someone turns it on; each evaluation is shown in the UI with the reason per asset."""
 
 
-from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
+from dagster import AssetSelection, AutomationConditionSensorDefinition, DefaultSensorStatus
 
-# Every step reuses artifacts whose inputs did not change, so a full-graph job only redoes stale work.
-retrain_job = define_asset_job("retrain_cascade", selection=AssetSelection.all(), description="Rebuild the cascade and register a challenger.")
-
-weekly_retrain_schedule = ScheduleDefinition(
-    name="weekly_retrain",
-    job=retrain_job,
-    cron_schedule="0 3 * * 1",
-    default_status=DefaultScheduleStatus.STOPPED,
+retrain_sensor = AutomationConditionSensorDefinition(
+    "retrain_when_stale",
+    target=AssetSelection.all(),
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Re-index weekly; rebuild what is missing or stale; register a challenger when the cascade changed.",
 )

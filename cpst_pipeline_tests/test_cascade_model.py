@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpst_pipeline.cascade.model import CascadeModel, write_cascade_directory
+from cpst_pipeline.cascade.model import CascadeArtifacts, CascadeModel, save_cascade
 from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration
 from cpst_pipeline.cascade.router import DomainRouter
 from cpst_pipeline.data.images import load_image_rgb
@@ -18,9 +18,8 @@ from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import DomainInputs, ResolutionConfig
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.preprocess import fit_input_size
-from cpst_pipeline.gate.model import save_gate
 from cpst_pipeline.gate.train import GateTrainConfig, train_gate
-from cpst_pipeline.patchcore.bank import BankConfig, build_memory_bank, save_memory_bank
+from cpst_pipeline.patchcore.bank import BankConfig, build_memory_bank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
 
 SIZE = (64, 64)
@@ -61,15 +60,13 @@ def cascade(tiny_demo: Path, tmp_path_factory) -> dict:
         gate_domains,
         GateTrainConfig(epochs=5, hidden=8),
     )
-    gate_dir = save_gate(gate, work / "gate")
 
-    banks, bank_dirs, calibrations = {}, {}, {}
+    banks, calibrations = {}, {}
     for domain in BANKED:
         normals = [load_image_rgb(p) for p in _good(tiny_demo, domain)[:5]]
         patches = extractor.patch_features(extractor.batch(normals, SIZE)).numpy()
         train, val = patches[:3], patches[3:]
         banks[domain] = build_memory_bank(train.reshape(-1, patches.shape[-1]), BankConfig(coreset_ratio=0.5))
-        bank_dirs[domain] = save_memory_bank(banks[domain], work / "banks" / domain)
         raw = np.array([score_patches(banks[domain], p, scoring).image_score for p in val])
         center, scale = float(np.median(raw)), float(np.std(raw)) or 1.0
         # brushed_metal: heatmap on every image; speckled_tile: the gate clears every image
@@ -90,17 +87,17 @@ def cascade(tiny_demo: Path, tmp_path_factory) -> dict:
         router_embeddings.append(extractor.image_embedding(extractor.batch(images, inputs[domain].gate_size)).numpy())
         router_domains += [domain] * len(images)
     router = DomainRouter.fit(np.concatenate(router_embeddings), router_domains)
-    directory = write_cascade_directory(
-        work / "cascade",
+    artifacts = CascadeArtifacts(
         backbone=backbone,
         resolution=ResolutionConfig(heatmap_short_side=SIZE[0], gate_short_side=SIZE[0]),
-        inputs=inputs,
         scoring=scoring,
-        gate_dir=gate_dir,
-        bank_dirs=bank_dirs,
+        inputs=inputs,
+        gates={d: gate for d in (*BANKED, GATE_ONLY)},
+        banks=banks,
         calibrations=calibrations,
         router=router,
     )
+    directory = save_cascade(artifacts, work / "cascade")
     model = CascadeModel.load(directory, device="cpu")
     return {
         "model": model,
@@ -140,7 +137,8 @@ def test_load_restores_every_part(cascade: dict) -> None:
     assert model.extractor.config == BackboneConfig()
     x = torch.from_numpy(np.random.default_rng(1).normal(size=(4, 304)).astype(np.float32))
     domains = [BANKED[0], BANKED[1], GATE_ONLY, BANKED[0]]
-    assert torch.equal(model.gate.predict_proba(x, domains), cascade["gate"].predict_proba(x, domains))
+    for domain in set(domains):
+        assert torch.equal(model.gates[domain].predict_proba(x, domains), cascade["gate"].predict_proba(x, domains))
     # plain files only: nothing a loader would have to unpickle
     suffixes = {p.suffix for p in directory.rglob("*") if p.is_file()}
     assert suffixes <= {".json", ".npy", ".faiss", ".safetensors"}

@@ -1,4 +1,5 @@
-"""Materialize the whole asset graph on a tiny generated dataset, into temporary Dagster and MLflow homes."""
+"""Materialize the whole asset graph on a tiny generated dataset, into temporary Dagster and MLflow homes:
+the index, each domain partition, then the cross-domain assets, as `make demo` does."""
 
 import json
 from pathlib import Path
@@ -6,11 +7,19 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, Definitions, materialize
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
+from cpst_pipeline.cascade.model import CascadeModel
 from cpst_pipeline.definitions import pipeline_resources
+from cpst_pipeline.materialize_all import materialize_all
 from cpst_pipeline.resources import CpstSettings
+
+DOMAINS = {"brushed_metal", "woven_grid", "speckled_tile"}
+
+
+def pipeline_definitions(settings: CpstSettings) -> Definitions:
+    return Definitions(assets=ALL_ASSETS, asset_checks=ALL_ASSET_CHECKS, resources=pipeline_resources(settings))
 
 
 @pytest.fixture(scope="module")
@@ -21,28 +30,43 @@ def pipeline(tiny_demo, tmp_path_factory):
     (home / "dagster_home").mkdir()
     instance = DagsterInstance.local_temp(str(home / "dagster_home"))
     settings = CpstSettings(data_dir=str(home / "data"), dataset_roots=str(tiny_demo), heatmap_short_side=64, gate_short_side=64)
-    resources = pipeline_resources(settings)
-    first = materialize([*ALL_ASSETS, *ALL_ASSET_CHECKS], resources=resources, instance=instance)
-    yield {"home": home, "instance": instance, "resources": resources, "result": first}
+    defs = pipeline_definitions(settings)
+    results = materialize_all(defs, instance)
+    yield {"home": home, "instance": instance, "defs": defs, "settings": settings, "results": results}
     mp.undo()
 
 
-def _value(result, name):
-    return result.output_for_node(name)
+def _value(results, name):
+    return next(r.output_for_node(name) for r in results if name in {n.name for n in r.job_def.nodes_in_topological_order})
 
 
-def test_whole_graph_materializes_with_passing_checks(pipeline):
-    result = pipeline["result"]
-    assert result.success
-    evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} >= {"no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
-    assert all(e.passed for e in evaluations if e.check_name in {"no_group_leakage", "banks_not_empty"})
+def test_domains_are_partitions_with_passing_checks(pipeline):
+    instance, results = pipeline["instance"], pipeline["results"]
+    assert set(instance.get_dynamic_partitions("domain")) == DOMAINS
+    assert all(r.success for r in results)
+    per_domain = {r.dagster_run.tags.get("dagster/partition") for r in results} - {None}
+    assert per_domain == DOMAINS
+    evaluations = [e for r in results for e in r.get_asset_check_evaluations()]
+    assert {e.check_name for e in evaluations} >= {"no_group_leakage", "banks_not_empty", "gate_better_than_chance", "calibrated_recall_met"}
+    banks = [e for e in evaluations if e.check_name == "banks_not_empty"]
+    assert {e.partition for e in banks} == DOMAINS and all(e.passed for e in banks)
+    assert all(e.passed for e in evaluations if e.check_name == "no_group_leakage")
+
+
+def test_asset_values_are_stored_per_partition_without_pickle(pipeline):
+    root = Path(pipeline["settings"].asset_storage_path())
+    for domain in DOMAINS:
+        pointer = json.loads((root / "memory_bank" / domain / "current.json").read_text())
+        assert pointer["codec"] == "memory_bank"
+        assert (root / "memory_bank" / domain / pointer["version"] / "coreset.npy").exists()
+    suffixes = {p.suffix for p in root.rglob("*") if p.is_file()}
+    assert suffixes <= {".json", ".npy", ".faiss", ".safetensors", ".parquet", ".md", ".html", ".png"}
 
 
 def test_report_contents(pipeline):
-    info = _value(pipeline["result"], "evaluation_report")
-    report = info["report"]
-    assert set(report["domains"]) == {"brushed_metal", "woven_grid", "speckled_tile"}
+    info = _value(pipeline["results"], "evaluation_report")
+    report = info.report
+    assert set(report["domains"]) == DOMAINS
     for section in report["domains"].values():
         assert section["has_bank"]
         cascade = section["cascade"]
@@ -53,15 +77,14 @@ def test_report_contents(pipeline):
         assert 0.0 <= section["heatmap_call_rate"] <= 1.0
         assert section["latency"]["cascade_total"]["p95_ms"] >= section["latency"]["cascade_total"]["p50_ms"] > 0
         assert section["pixel_auroc"] is not None
-    directory = Path(info["directory"])
-    html = (directory / "report.html").read_text()
+    html = info.files["report.html"].decode()
     assert "data:image/png;base64," in html and "woven_grid" in html
-    assert json.loads((directory / "report.json").read_text())["domains"].keys() == report["domains"].keys()
-    assert list(directory.glob("*_roc.png")) and list(directory.glob("*_overlays.png"))
+    assert any(name.endswith("_roc.png") for name in info.files) and any(name.endswith("_overlays.png") for name in info.files)
+    assert len(info.predictions) == sum(s["cascade"]["n"] for s in report["domains"].values())
 
 
 def test_model_registered_as_champion_and_scores_images(pipeline, tiny_demo):
-    info = _value(pipeline["result"], "registered_model")
+    info = _value(pipeline["results"], "registered_model")
     assert info["promoted_to_champion"]
     model = mlflow.pyfunc.load_model(f"models:/{info['model_name']}@champion")
     paths = sorted((tiny_demo / "brushed_metal" / "good").glob("*.png"))[:2]
@@ -71,10 +94,19 @@ def test_model_registered_as_champion_and_scores_images(pipeline, tiny_demo):
         assert (row["heatmap"] is not None) == row["heatmap_ran"]
 
 
-def test_second_run_reuses_upstream_and_registers_nothing_new(pipeline):
-    again = materialize(ALL_ASSETS, resources=pipeline["resources"], instance=pipeline["instance"], selection=[AssetKey("evaluation_report")])
+def test_cascade_value_loads_as_a_model(pipeline):
+    cascade = _value(pipeline["results"], "cascade")
+    model = CascadeModel.from_artifacts(cascade, device="cpu")
+    assert model.domains == sorted(DOMAINS) and set(model.gates) == DOMAINS
+
+
+def test_second_report_run_reads_stored_upstream_and_logs_nothing_new(pipeline):
+    defs = pipeline["defs"]
+    again = materialize([*defs.assets], resources=defs.resources, instance=pipeline["instance"], selection=[AssetKey("evaluation_report")])
     assert again.success
-    first = _value(pipeline["result"], "evaluation_report")
-    assert _value(again, "evaluation_report")["directory"] == first["directory"]
-    materialized = {e.asset_key for e in again.get_asset_materialization_events()}
-    assert materialized == {AssetKey("evaluation_report")}
+    first = _value(pipeline["results"], "evaluation_report")
+    second = again.output_for_node("evaluation_report")
+    assert second.key == first.key
+    assert {e.asset_key for e in again.get_asset_materialization_events()} == {AssetKey("evaluation_report")}
+    runs = mlflow.search_runs(experiment_names=["cpst"], filter_string=f"tags.report_key = '{first.key}'")
+    assert len(runs) == 1

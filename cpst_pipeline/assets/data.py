@@ -1,12 +1,14 @@
-"""Data assets: which images exist, and which split each belongs to."""
+"""Data assets: which images exist (and so which domain partitions), and which split each belongs to."""
 
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
+from cpst_pipeline.assets.automation import rebuild_when_stale, reindex_weekly
 from cpst_pipeline.assets.metadata import progress_logger
+from cpst_pipeline.assets.partitions import domain_partitions
 from cpst_pipeline.data.splits import domains_without_normals, leaked_groups, split_summary
-from cpst_pipeline.pipeline import steps
+from cpst_pipeline.pipeline.dataset import frame_version, index_datasets, split_dataset
 from cpst_pipeline.resources import CpstSettings
 
 
@@ -14,19 +16,44 @@ def _counts_markdown(frame: pd.DataFrame, rows: list[str], column: str) -> str:
     return frame.groupby(rows + [column]).size().unstack(fill_value=0).to_markdown()
 
 
-@asset(group_name="data", description="One row per usable image (path, domain, label, mask, group, hash); bad files go to quarantine.")
+def _sync_domain_partitions(context: AssetExecutionContext, found: list[str]) -> tuple[list[str], list[str]]:
+    """Add a partition per new domain; delete those of domains the index no longer finds, because
+    cross-domain assets read every partition and would ship a domain whose images are gone (its
+    run history stays in the event log, and its partition comes back with its images)."""
+    name = domain_partitions.name
+    known = set(context.instance.get_dynamic_partitions(name))
+    new, removed = sorted(set(found) - known), sorted(known - set(found))
+    if new:
+        context.instance.add_dynamic_partitions(name, new)
+        context.log.info(f"new domain partitions: {new}; materialize them before the cross-domain assets")
+    for domain in removed:
+        context.log.warning(f"domain {domain} has no images any more: its partition is removed")
+        context.instance.delete_dynamic_partition(name, domain)
+    return new, removed
+
+
+@asset(
+    group_name="data",
+    code_version="1",
+    automation_condition=reindex_weekly(),
+    description="One row per usable image (path, domain, label, mask, group, hash); bad files go to quarantine. Keeps the domain partitions in step with the domains found.",
+)
 def dataset_index(context: AssetExecutionContext, settings: CpstSettings) -> Output[pd.DataFrame]:
     config = settings.pipeline_config()
-    result = steps.index_datasets(config, progress_logger(context, "indexing images"))
+    result = index_datasets(config, progress_logger(context, "indexing images"))
     quarantine = result.quarantine
     if len(quarantine):
         context.log.warning(f"{len(quarantine)} files quarantined; see quarantine.parquet")
+    new, removed = _sync_domain_partitions(context, sorted(result.index["domain"].unique()))
     return Output(
         result.index,
+        data_version=DataVersion(frame_version(result.index)),
         metadata={
             "images": len(result.index),
             "images_read": MetadataValue.int(result.images_read),
             "domains": MetadataValue.md(_counts_markdown(result.index, ["domain"], "label")),
+            "new_domains": MetadataValue.json(new),
+            "removed_domains": MetadataValue.json(removed),
             "quarantined": len(quarantine),
             "quarantine": MetadataValue.md(quarantine.head(50).to_markdown(index=False) if len(quarantine) else "none"),
             "quarantine_path": MetadataValue.path(str(config.artifacts_dir / "quarantine.parquet")),
@@ -34,14 +61,15 @@ def dataset_index(context: AssetExecutionContext, settings: CpstSettings) -> Out
     )
 
 
-@asset(group_name="data", description="Per-domain, group-aware, stratified train_normal / train_mix / val_mix / test_mix.")
+@asset(group_name="data", code_version="1", automation_condition=rebuild_when_stale(), description="Per-domain, group-aware, stratified train_normal / train_mix / val_mix / test_mix.")
 def splits(context: AssetExecutionContext, settings: CpstSettings, dataset_index: pd.DataFrame) -> Output[pd.DataFrame]:
-    frame = steps.split_dataset(dataset_index, settings.pipeline_config())
+    frame = split_dataset(dataset_index, settings.pipeline_config())
     no_bank = domains_without_normals(frame)
     for domain in no_bank:
         context.log.warning(f"domain {domain} has no normal images: no memory bank; gate training and a separate evaluation only")
     return Output(
         frame,
+        data_version=DataVersion(frame_version(frame)),
         metadata={
             "summary": MetadataValue.md(split_summary(frame).to_markdown()),
             "domains_without_bank": MetadataValue.json(no_bank),

@@ -1,61 +1,104 @@
-"""Calibration, evaluation and registration assets."""
+"""Calibration (one partition per domain), then the cross-domain assets that read every domain
+partition: the router, the assembled cascade, its test report and the registered model."""
 
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from cpst_pipeline.assets.metadata import number, progress_logger
-from cpst_pipeline.pipeline import registry, steps
+from cpst_pipeline.assets.automation import rebuild_when_stale
+from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.cascade.model import CascadeArtifacts
+from cpst_pipeline.cascade.policy import DomainCalibration
+from cpst_pipeline.cascade.router import DomainRouter
+from cpst_pipeline.gate.model import GateNet
+from cpst_pipeline.patchcore.bank import MemoryBank
+from cpst_pipeline.pipeline import registry
+from cpst_pipeline.pipeline.cross_domain import EvaluationReport, assemble_cascade, cascade_key, evaluate_cascade, fit_router, test_rows
+from cpst_pipeline.pipeline.domain_images import DomainImages
+from cpst_pipeline.pipeline.domain_models import calibrate_domain_cascade
+from cpst_pipeline.pipeline.publish import log_report, register_model
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(group_name="evaluation", description="Per-domain score normalisation, heatmap threshold and gate band [T_low, T_high) on val_mix (JSON).")
-def calibration(settings: CpstSettings, splits: pd.DataFrame, gate_model: dict, memory_banks: dict) -> Output[dict]:
-    info = steps.calibrate(splits, gate_model, memory_banks, settings.pipeline_config())
-    table = pd.DataFrame(
-        {d: {"T_low": c["gate_low"], "T_high": c["gate_high"], "heatmap_threshold": c["heatmap_threshold"], **c["val"]} for d, c in info["domains"].items()}
-    ).T
-    return Output(info, metadata={"calibration": MetadataValue.md(table.to_markdown()), "path": MetadataValue.path(info["path"])})
+@asset(
+    group_name="evaluation",
+    partitions_def=domain_partitions,
+    code_version="1",
+    automation_condition=rebuild_when_stale(),
+    description="The domain's score normalisation, heatmap threshold and gate band [T_low, T_high) on val_mix.",
+)
+def calibration(
+    settings: CpstSettings, embeddings: DomainImages, gate_model: GateNet, memory_bank: MemoryBank | None
+) -> Output[DomainCalibration]:
+    calibrated = calibrate_domain_cascade(embeddings, gate_model, memory_bank, settings.pipeline_config())
+    table = pd.DataFrame([{"T_low": calibrated.gate_low, "T_high": calibrated.gate_high, "heatmap_threshold": calibrated.heatmap_threshold, **calibrated.val}])
+    return Output(calibrated, metadata={"calibration": MetadataValue.md(table.to_markdown(index=False)), "notes": MetadataValue.json(calibrated.notes)})
 
 
-@asset(group_name="evaluation", description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report.")
+@asset(group_name="evaluation", code_version="1",
+    automation_condition=rebuild_when_stale(), description="Domain centroids of the gate embeddings, for images that come without a domain.")
+def domain_router(settings: CpstSettings, embeddings: dict[str, DomainImages]) -> Output[DomainRouter]:
+    router = fit_router(embeddings, settings.pipeline_config())
+    return Output(router, metadata={"domains": MetadataValue.json(router.domains)})
+
+
+@asset(group_name="evaluation", code_version="1",
+    automation_condition=rebuild_when_stale(), description="Every domain's gate, bank and calibration plus the router, as one deployable cascade.")
+def cascade(
+    settings: CpstSettings,
+    embeddings: dict[str, DomainImages],
+    gate_model: dict[str, GateNet],
+    memory_bank: dict[str, MemoryBank | None],
+    calibration: dict[str, DomainCalibration],
+    domain_router: DomainRouter,
+) -> Output[CascadeArtifacts]:
+    assembled = assemble_cascade(embeddings, gate_model, memory_bank, calibration, domain_router, settings.pipeline_config())
+    key = cascade_key(assembled)
+    # From the cascade's files: a rebuild that changes nothing leaves the report up to date.
+    return Output(assembled, data_version=DataVersion(key), metadata={"cascade_key": key, "domains": MetadataValue.json(sorted(assembled.calibrations))})
+
+
+@asset(group_name="evaluation", code_version="1",
+    automation_condition=rebuild_when_stale(), description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report; logged to MLflow.")
 def evaluation_report(
-    context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame, gate_model: dict, memory_banks: dict, calibration: dict
-) -> Output[dict]:
+    context: AssetExecutionContext, settings: CpstSettings, embeddings: dict[str, DomainImages], cascade: CascadeArtifacts
+) -> Output[EvaluationReport]:
     config = settings.pipeline_config()
-    cascade_dir = steps.assemble_cascade(splits, gate_model, memory_banks, calibration, config)
     run_info = {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": config.dataset_roots or "generated demo dataset",
         "backbone": config.backbone.key(),
         "target_recall": config.calibration.target_recall,
     }
-    info = steps.evaluate(splits, cascade_dir, config, run_info, progress_logger(context, "scoring test images"))
-    info["mlflow_run_id"] = registry.log_evaluation_run(info, config)
-    overall = info["report"]["overall"] or {}
-    cascade = overall.get("cascade") or {}
+    report = evaluate_cascade(cascade, test_rows(embeddings), config, run_info, progress_logger(context, "scoring test images"))
+    run_id = log_report(report, config)
+    overall = report.report["overall"] or {}
+    summary = overall.get("cascade") or {}
     return Output(
-        info,
+        report,
         metadata={
-            "summary": MetadataValue.md(info["markdown"]),
-            "cascade_recall": number(cascade.get("recall")),
-            "cascade_auroc": number(cascade.get("auroc")),
+            "summary": MetadataValue.md(report.markdown),
+            "cascade_recall": number(summary.get("recall")),
+            "cascade_auroc": number(summary.get("auroc")),
             "heatmap_call_rate": number(overall.get("heatmap_call_rate")),
-            "report_html": MetadataValue.path(str(Path(info["directory"]) / "report.html")),
-            "mlflow_run_id": info["mlflow_run_id"],
+            "mlflow_run_id": run_id,
         },
     )
 
 
-@asset(group_name="evaluation", description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
-def registered_model(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame, evaluation_report: dict) -> Output[dict]:
-    test = splits[splits["split"] == "test_mix"]
-    info = registry.register_cascade(
-        evaluation_report, evaluation_report["mlflow_run_id"], test, settings.pipeline_config(), settings.model_name, log=context.log.info
-    )
+@asset(group_name="evaluation", code_version="1",
+    automation_condition=rebuild_when_stale(), description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
+def registered_model(
+    context: AssetExecutionContext,
+    settings: CpstSettings,
+    embeddings: dict[str, DomainImages],
+    cascade: CascadeArtifacts,
+    evaluation_report: EvaluationReport,
+) -> Output[dict]:
+    info = register_model(cascade, evaluation_report, test_rows(embeddings), settings.pipeline_config(), settings.model_name, log=context.log.info)
     return Output(
         info,
         metadata={

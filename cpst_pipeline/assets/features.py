@@ -1,27 +1,36 @@
-"""Feature asset: backbone embeddings cached by content hash, so only new images are computed."""
+"""Feature asset, one partition per domain: backbone features cached per image content hash, so
+only new images are computed."""
 
 
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
-from cpst_pipeline.pipeline import steps
+from cpst_pipeline.assets.automation import rebuild_when_stale
+from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.pipeline.domain_images import DomainImages, embed_domain_images
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(group_name="features", description="Gate embeddings for every image and PatchCore patch features for banked domains (parquet).")
-def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[dict]:
+@asset(
+    group_name="features",
+    partitions_def=domain_partitions,
+    code_version="1",
+    automation_condition=rebuild_when_stale(),
+    description="The domain's images with their gate embeddings (and PatchCore patch features where it gets a bank) in the feature store.",
+)
+def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[DomainImages]:
     config = settings.pipeline_config()
-    summary = steps.embed_images(splits, config, log=context.log.info)
-    sizes = steps.input_sizes(splits, config)
-    summary["input_sizes"] = {d: {"gate": list(s.gate_size), "heatmap": list(s.heatmap_size)} for d, s in sizes.items()}
+    images, computed = embed_domain_images(splits, context.partition_key, config, log=context.log.info)
     return Output(
-        summary,
+        images,
+        # From the images' content: unchanged images leave everything downstream up to date.
+        data_version=DataVersion(images.version()),
         metadata={
-            "backbone": summary["backbone_key"],
-            "newly_embedded": sum(summary["computed"].values()),
-            "images": summary["images"],
-            "per_domain": MetadataValue.json(summary["computed"]),
-            "input_sizes": MetadataValue.json(summary["input_sizes"]),
+            "backbone": images.backbone_key,
+            "images": len(images.rows),
+            "newly_embedded": computed,
+            "gate_input": MetadataValue.json(list(images.inputs.gate_size)),
+            "heatmap_input": MetadataValue.json(list(images.inputs.heatmap_size)),
             "store": MetadataValue.path(str(config.features_dir)),
         },
     )

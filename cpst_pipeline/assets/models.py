@@ -1,39 +1,54 @@
-"""Model assets: the gate and the per-domain PatchCore memory banks."""
+"""Model assets, one partition per domain: the domain's gate and its PatchCore memory bank."""
 
 
-import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Output, asset
 
 from cpst_pipeline.assets.metadata import number
-from cpst_pipeline.pipeline import steps
+from cpst_pipeline.assets.automation import rebuild_when_stale
+from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.patchcore.bank import MemoryBank
+from cpst_pipeline.pipeline.dataset import TRAINING_SPLITS
+from cpst_pipeline.pipeline.domain_images import DomainImages
+from cpst_pipeline.pipeline.domain_models import fit_domain_bank, fit_domain_gate, gate_val_auroc
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(group_name="models", deps=["embeddings"], description="Gate MLP trained on train_mix (both classes) plus train_normal, class-balanced per domain; safetensors checkpoint.")
-def gate_model(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[dict]:
-    info = steps.fit_gate(splits, settings.pipeline_config())
-    context.log.info(f"gate {'reused' if info['reused'] else 'trained'}: val AUROC {info['val_auroc']}")
-    return Output(
-        info,
-        metadata={
-            "val_auroc": number(info["val_auroc"]),
-            "val_auroc_by_domain": MetadataValue.json(info["val_auroc_by_domain"]),
-            "reused": info["reused"],
-            "train_seconds": info["train_seconds"],
-            "checkpoint": MetadataValue.path(info["path"]),
-        },
-    )
+@asset(
+    group_name="models",
+    partitions_def=domain_partitions,
+    code_version="1",
+    automation_condition=rebuild_when_stale(),
+    description="The domain's gate MLP, trained on its train_mix (both classes) plus train_normal, class-balanced; safetensors.",
+    check_specs=[AssetCheckSpec("gate_better_than_chance", asset="gate_model", description="The gate separates classes on val_mix better than chance (AUROC > 0.5).")],
+)
+def gate_model(context: AssetExecutionContext, settings: CpstSettings, embeddings: DomainImages):
+    config = settings.pipeline_config()
+    gate = fit_domain_gate(embeddings, config)
+    auroc = gate_val_auroc(gate, embeddings, config)
+    context.log.info(f"gate {embeddings.domain}: val AUROC {auroc}")
+    yield Output(gate, metadata={"val_auroc": number(auroc), "train_images": len(embeddings.in_splits(*TRAINING_SPLITS))})
+    # Checked here, where the val AUROC is measured (a separate check would re-score val).
+    yield AssetCheckResult(check_name="gate_better_than_chance", passed=auroc is not None and auroc > 0.5, metadata={"val_auroc": number(auroc)})
 
 
-@asset(group_name="models", deps=["embeddings"], description="One greedy-coreset PatchCore bank + faiss index per domain with normal images.")
-def memory_banks(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[dict]:
-    info = steps.build_banks(splits, settings.pipeline_config(), log=context.log.info)
-    table = pd.DataFrame.from_dict(info["banks"], orient="index")[["images", "source_patches", "coreset_patches", "bytes", "build_seconds", "reused"]]
+@asset(
+    group_name="models",
+    partitions_def=domain_partitions,
+    code_version="1",
+    automation_condition=rebuild_when_stale(),
+    description="The domain's greedy-coreset PatchCore bank + faiss index; none for a domain without normal images.",
+)
+def memory_bank(context: AssetExecutionContext, settings: CpstSettings, embeddings: DomainImages) -> Output[MemoryBank | None]:
+    bank = fit_domain_bank(embeddings, settings.pipeline_config(), log=context.log.info)
+    if bank is None:
+        context.log.warning(f"domain {embeddings.domain} has no normal training images: no memory bank")
+        return Output(None, metadata={"coreset_patches": 0, "skipped": "no normal training images"})
     return Output(
-        info,
+        bank,
         metadata={
-            "banks": MetadataValue.md(table.to_markdown()),
-            "skipped_domains": MetadataValue.json(info["skipped"]),
-            "total_build_seconds": float(table["build_seconds"][~table["reused"]].sum()),
+            "images": bank.meta["images"],
+            "source_patches": bank.meta["source_patches"],
+            "coreset_patches": bank.meta["coreset_patches"],
+            "build_seconds": bank.meta["build_seconds"],
         },
     )

@@ -1,11 +1,11 @@
-"""The deployable cascade: backbone + gate + per-domain banks + calibration, loaded from plain files.
+"""The deployable cascade: backbone + per-domain gates, banks and calibration, loaded from plain files.
 
 Directory layout (no pickle anywhere)::
 
     cascade.json                 backbone config, resolutions, per-domain input sizes, scoring config
     calibration.json             per-domain thresholds (see cascade.policy)
     router.json                  domain centroids for images that come without a domain
-    gate/gate.safetensors, gate/gate.json
+    gates/<domain>/gate.safetensors, gates/<domain>/gate.json
     banks/<domain>/coreset.npy, index.faiss, bank.json, position_mean.npy, position_std.npy
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,13 +25,13 @@ from cpst_pipeline.cascade.router import DomainRouter
 from cpst_pipeline.features.embed import DomainInputs, ResolutionConfig
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.preprocess import fit_input_size
-from cpst_pipeline.gate.model import GateNet, load_gate
+from cpst_pipeline.gate.model import GateNet, load_gate, save_gate
 from cpst_pipeline.io_utils import write_json_atomic
-from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank
+from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank, save_memory_bank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
 
-# Bumped whenever the directory layout changes, so cached cascades are rebuilt.
-CASCADE_FORMAT = 2
+# Bumped whenever the directory layout changes (3: one gate per domain).
+CASCADE_FORMAT = 3
 
 
 @dataclass
@@ -47,81 +46,76 @@ class Prediction:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def write_cascade_directory(
-    directory: Path,
-    backbone: BackboneConfig,
-    resolution: ResolutionConfig,
-    inputs: dict[str, DomainInputs],
-    scoring: ScoringConfig,
-    gate_dir: Path,
-    bank_dirs: dict[str, Path],
-    calibrations: dict[str, DomainCalibration],
-    router: DomainRouter,
-) -> Path:
-    """Assemble a self-contained cascade directory from the pipeline's artifacts."""
+@dataclass
+class CascadeArtifacts:
+    """Everything a cascade is made of, as loaded objects; a directory of plain files on disk."""
+
+    backbone: BackboneConfig
+    resolution: ResolutionConfig
+    scoring: ScoringConfig
+    inputs: dict[str, DomainInputs]
+    gates: dict[str, GateNet]
+    banks: dict[str, MemoryBank]
+    calibrations: dict[str, DomainCalibration]
+    router: DomainRouter
+
+
+def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
+    """Write the cascade directory (layout in the module doc) into an empty or new ``directory``."""
     directory = Path(directory)
-    if directory.exists():
-        shutil.rmtree(directory)
-    shutil.copytree(gate_dir, directory / "gate")
-    for domain, bank_dir in bank_dirs.items():
-        shutil.copytree(bank_dir, directory / "banks" / domain)
-    write_json_atomic(directory / "calibration.json", {d: c.to_dict() for d, c in calibrations.items()})
-    router.save(directory / "router.json")
+    for domain, gate in artifacts.gates.items():
+        save_gate(gate, directory / "gates" / domain)
+    for domain, bank in artifacts.banks.items():
+        save_memory_bank(bank, directory / "banks" / domain)
+    write_json_atomic(directory / "calibration.json", {d: c.to_dict() for d, c in artifacts.calibrations.items()})
+    artifacts.router.save(directory / "router.json")
     spec = {
-        "backbone": asdict(backbone),
-        "resolution": asdict(resolution),
-        "scoring": asdict(scoring),
-        "domains": {d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size)} for d, i in inputs.items()},
+        "format": CASCADE_FORMAT,
+        "backbone": asdict(artifacts.backbone),
+        "resolution": asdict(artifacts.resolution),
+        "scoring": asdict(artifacts.scoring),
+        "domains": {d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size)} for d, i in artifacts.inputs.items()},
     }
     write_json_atomic(directory / "cascade.json", spec)
     return directory
 
 
+def load_cascade(directory: Path) -> CascadeArtifacts:
+    directory = Path(directory)
+    spec = json.loads((directory / "cascade.json").read_text())
+    if spec.get("format") != CASCADE_FORMAT:
+        raise ValueError(f"{directory} holds cascade format {spec.get('format')}, this code reads {CASCADE_FORMAT}; re-materialize the cascade")
+    subfolders = lambda name: sorted(p for p in (directory / name).iterdir()) if (directory / name).exists() else []  # noqa: E731
+    return CascadeArtifacts(
+        backbone=BackboneConfig(**{**spec["backbone"], "feature_layers": tuple(spec["backbone"]["feature_layers"])}),
+        resolution=ResolutionConfig(**spec["resolution"]),
+        scoring=ScoringConfig(**spec["scoring"]),
+        inputs={d: DomainInputs(gate_size=tuple(s["gate_size"]), heatmap_size=tuple(s["heatmap_size"])) for d, s in spec["domains"].items()},
+        gates={p.name: load_gate(p) for p in subfolders("gates")},
+        banks={p.name: load_memory_bank(p) for p in subfolders("banks")},
+        calibrations={d: DomainCalibration.from_dict(c) for d, c in json.loads((directory / "calibration.json").read_text()).items()},
+        router=DomainRouter.load(directory / "router.json"),
+    )
+
+
 class CascadeModel:
-    def __init__(
-        self,
-        extractor: FeatureExtractor,
-        gate: GateNet,
-        banks: dict[str, MemoryBank],
-        calibrations: dict[str, DomainCalibration],
-        inputs: dict[str, DomainInputs],
-        scoring: ScoringConfig,
-        resolution: ResolutionConfig,
-        router: DomainRouter,
-    ):
+    def __init__(self, extractor: FeatureExtractor, artifacts: CascadeArtifacts):
         self.extractor = extractor
-        self.gate = gate
-        self.banks = banks
-        self.calibrations = calibrations
-        self.inputs = inputs
-        self.scoring = scoring
-        self.resolution = resolution
-        self.router = router
+        self.gates = artifacts.gates
+        self.banks = artifacts.banks
+        self.calibrations = artifacts.calibrations
+        self.inputs = artifacts.inputs
+        self.scoring = artifacts.scoring
+        self.resolution = artifacts.resolution
+        self.router = artifacts.router
+
+    @classmethod
+    def from_artifacts(cls, artifacts: CascadeArtifacts, device: str = "auto") -> "CascadeModel":
+        return cls(FeatureExtractor(artifacts.backbone, device), artifacts)
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> "CascadeModel":
-        directory = Path(directory)
-        spec = json.loads((directory / "cascade.json").read_text())
-        backbone = BackboneConfig(**{**spec["backbone"], "feature_layers": tuple(spec["backbone"]["feature_layers"])})
-        inputs = {
-            d: DomainInputs(gate_size=tuple(s["gate_size"]), heatmap_size=tuple(s["heatmap_size"]))
-            for d, s in spec["domains"].items()
-        }
-        calibrations = {
-            d: DomainCalibration.from_dict(c) for d, c in json.loads((directory / "calibration.json").read_text()).items()
-        }
-        banks_root = directory / "banks"
-        banks = {p.name: load_memory_bank(p) for p in sorted(banks_root.iterdir())} if banks_root.exists() else {}
-        return cls(
-            FeatureExtractor(backbone, device),
-            load_gate(directory / "gate"),
-            banks,
-            calibrations,
-            inputs,
-            ScoringConfig(**spec["scoring"]),
-            ResolutionConfig(**spec["resolution"]),
-            DomainRouter.load(directory / "router.json"),
-        )
+        return cls.from_artifacts(load_cascade(directory), device)
 
     @property
     def domains(self) -> list[str]:
@@ -138,7 +132,7 @@ class CascadeModel:
         embedding = self.extractor.image_embedding(batch)
         seconds["gate_backbone"] = time.perf_counter() - started
         started = time.perf_counter()
-        score = float(self.gate.predict_proba(embedding.cpu(), [domain])[0])
+        score = float(self.gates[domain].predict_proba(embedding.cpu(), [domain])[0])
         seconds["gate_head"] = time.perf_counter() - started
         return score
 

@@ -33,6 +33,22 @@ def balanced_sample_weights(labels: np.ndarray, domains: list[str]) -> np.ndarra
     return (weights * len(labels) / weights.sum()).astype(np.float32)
 
 
+# A one-class domain's gate outputs sigmoid(+-30): that class with certainty, for every image.
+CONSTANT_LOGIT = 30.0
+
+
+def constant_gate(embedding_dim: int, domain: str, anomalous: bool) -> GateNet:
+    """The gate of a domain whose training images are all of one class: nothing to learn, so it
+    gives every image that class (calibration then leaves the decision to the heatmap, or to the
+    gate alone where the domain has no memory bank)."""
+    gate = GateNet(embedding_dim, [domain])
+    with torch.no_grad():
+        for parameter in gate.layers.parameters():
+            parameter.zero_()
+        gate.layers[-1].bias.fill_(CONSTANT_LOGIT if anomalous else -CONSTANT_LOGIT)
+    return gate.eval()
+
+
 def train_gate(embeddings: np.ndarray, labels: np.ndarray, domains: list[str], config: GateTrainConfig) -> GateNet:
     """Full-batch AdamW on (N, E) embeddings; labels 1 = anomaly. Needs both classes."""
     labels = np.asarray(labels, dtype=np.float32)

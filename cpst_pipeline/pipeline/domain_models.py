@@ -1,0 +1,98 @@
+"""What is learnt per domain: its gate, its memory bank and its thresholds.
+
+Each function reads one domain's images only, so adding or changing a domain never touches
+another domain's models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cpst_pipeline.cascade.calibration import calibrate_domain
+from cpst_pipeline.cascade.policy import DomainCalibration
+from cpst_pipeline.gate.model import GateNet
+from cpst_pipeline.gate.train import constant_gate, train_gate
+from cpst_pipeline.io_utils import write_json_atomic
+from cpst_pipeline.patchcore.bank import MemoryBank
+from cpst_pipeline.patchcore.scoring import score_patches
+from cpst_pipeline.patchcore.training import fit_memory_bank
+from cpst_pipeline.pipeline.config import PipelineConfig, content_key
+from cpst_pipeline.pipeline.dataset import TRAINING_SPLITS, anomaly_labels
+from cpst_pipeline.pipeline.domain_images import DomainImages, gate_embeddings, patch_features
+
+Log = Callable[[str], None]
+
+
+def fit_domain_gate(images: DomainImages, config: PipelineConfig) -> GateNet:
+    """The domain's own gate, from its train_mix (both classes) and train_normal images: the bank's
+    images are training data too (with them val AUROC rose from 0.94 to 0.98 on Magnetic-tile)."""
+    train = images.in_splits(*TRAINING_SPLITS)
+    if train.empty:
+        raise ValueError(f"domain {images.domain!r} has no training images")
+    embeddings, labels = gate_embeddings(images, train, config), anomaly_labels(train)
+    if len(set(labels)) < 2:
+        return constant_gate(embeddings.shape[1], images.domain, anomalous=bool(labels[0]))
+    return train_gate(embeddings, labels, [images.domain] * len(labels), config.gate)
+
+
+def gate_scores(gate: GateNet, images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
+    if frame.empty:
+        return np.zeros(0)
+    embeddings = torch.from_numpy(gate_embeddings(images, frame, config))
+    return gate.predict_proba(embeddings, [images.domain] * len(frame)).numpy()
+
+
+def gate_val_auroc(gate: GateNet, images: DomainImages, config: PipelineConfig) -> float | None:
+    """AUROC of the gate on the domain's val_mix images; None where val holds one class only."""
+    val = images.in_splits("val_mix")
+    labels = anomaly_labels(val)
+    return float(roc_auc_score(labels, gate_scores(gate, images, val, config))) if len(set(labels)) == 2 else None
+
+
+def bank_training_images(images: DomainImages) -> pd.DataFrame:
+    """The normal training images a bank is built from, each distinct image once, in a fixed order."""
+    return images.in_splits("train_normal").drop_duplicates("content_hash").sort_values("content_hash")
+
+
+def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = print) -> MemoryBank | None:
+    """The domain's PatchCore memory bank; None for a domain without normal training images."""
+    normal = bank_training_images(images)
+    if normal.empty:
+        return None
+    size = images.inputs.heatmap_size
+    # Names the bank's inputs, so per-image heatmap scores can be cached against it.
+    key = content_key(images.backbone_key, size, list(zip(normal["content_hash"], normal["group_id"])), config.bank)
+    log(f"memory bank {images.domain}: coreset of {len(normal)} images at {size[0]}x{size[1]}")
+    meta = {"domain": images.domain, "images": len(normal), "input_size": list(size), "content_key": key}
+    return fit_memory_bank(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
+
+
+def raw_heatmap_scores(bank: MemoryBank, images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
+    """Raw image scores of ``frame``'s images against the bank, cached per (bank inputs, scoring)
+    and image, so new images or a new gate re-score only what is new."""
+    path = config.artifacts_dir / "heatmap_scores" / f"{content_key(bank.meta['content_key'], config.scoring)}.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    missing = frame[~frame["content_hash"].isin(cached)].drop_duplicates("content_hash")
+    if not missing.empty:
+        patches = patch_features(images, missing, config)
+        cached.update({h: score_patches(bank, p, config.scoring).image_score for h, p in zip(missing["content_hash"], patches)})
+        write_json_atomic(path, cached)
+    return np.array([cached[h] for h in frame["content_hash"]])
+
+
+def calibrate_domain_cascade(images: DomainImages, gate: GateNet, bank: MemoryBank | None, config: PipelineConfig) -> DomainCalibration:
+    """The domain's thresholds: the gate band on val_mix, the heatmap threshold on val_mix +
+    train_mix (both unseen by the memory bank)."""
+    val, train_mix = images.in_splits("val_mix"), images.in_splits("train_mix")
+    raw, evidence = None, None
+    if bank is not None:
+        raw = raw_heatmap_scores(bank, images, val, config)
+        evidence = (anomaly_labels(train_mix), raw_heatmap_scores(bank, images, train_mix, config))
+    scores = gate_scores(gate, images, val, config)
+    return calibrate_domain(images.domain, anomaly_labels(val), scores, raw, config.calibration, evidence)
