@@ -18,7 +18,7 @@ $(BIN)/dagster: pyproject.toml
 setup: $(BIN)/dagster .env
 
 demo: setup
-	$(BIN)/dagster asset materialize -m cpst_pipeline.definitions --select '*registered_model'
+	$(BIN)/python -m cpst_pipeline.materialize_all
 
 test: setup
 	$(BIN)/python -m pytest

@@ -3,13 +3,13 @@
 from dagster import Definitions, in_process_executor
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
-from cpst_pipeline.resources import ArtifactIOManager, CpstSettings
+from cpst_pipeline.resources import CpstSettings, artifact_io_manager
 from cpst_pipeline.schedules import retrain_sensor
 
 
 def pipeline_resources(settings: CpstSettings) -> dict:
-    # The IO manager reads its folder from the same settings resource the launchpad edits.
-    return {"settings": settings, "io_manager": ArtifactIOManager(settings=settings)}
+    # The IO manager reads its folder from the settings resource the launchpad edits.
+    return {"settings": settings, "io_manager": artifact_io_manager}
 
 
 defs = Definitions(

@@ -20,7 +20,7 @@ from dagster import AssetsDefinition, DagsterInstance, Definitions, ExecuteInPro
 
 from cpst_pipeline.assets.partitions import domain_partitions
 
-INDEX_ASSETS = ("dataset_index", "splits")
+INDEX_ASSETS = ("dataset_index", "splits")  # one step (assets.data)
 
 
 def _keys(assets: Sequence[AssetsDefinition], partitioned: bool) -> list[str]:

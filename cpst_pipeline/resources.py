@@ -4,7 +4,7 @@
 import os
 from pathlib import Path
 
-from dagster import ConfigurableIOManagerFactory, ConfigurableResource, InputContext, MetadataValue, OutputContext, ResourceDependency, UPathIOManager
+from dagster import ConfigurableResource, InitResourceContext, InputContext, MetadataValue, OutputContext, UPathIOManager, io_manager
 from upath import UPath
 
 from cpst_pipeline.cascade.calibration import CalibrationConfig
@@ -74,11 +74,9 @@ class ArtifactStore(UPathIOManager):
         return {keys[0]: loaded} if len(keys) == 1 else loaded
 
 
-class ArtifactIOManager(ConfigurableIOManagerFactory):
-    """The IO manager, with its folder taken from the settings resource (so the launchpad's
-    ``data_dir`` or ``asset_storage`` moves artifacts and receipts together)."""
-
-    settings: ResourceDependency[CpstSettings]
-
-    def create_io_manager(self, context) -> ArtifactStore:
-        return ArtifactStore(self.settings.asset_storage_path())
+@io_manager(required_resource_keys={"settings"}, description="Asset values as plain files under the settings' asset_storage.")
+def artifact_io_manager(init_context: InitResourceContext) -> ArtifactStore:
+    """Built from the ``settings`` resource as configured for this run, so the launchpad's
+    ``data_dir`` or ``asset_storage`` moves artifacts and receipts together. (A nested resource
+    would keep the settings it was defined with.)"""
+    return ArtifactStore(init_context.resources.settings.asset_storage_path())

@@ -2,9 +2,9 @@
 
 
 import pandas as pd
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetOut, DataVersion, MetadataValue, Output, multi_asset
 
-from cpst_pipeline.assets.automation import rebuild_when_stale, reindex_weekly
+from cpst_pipeline.assets.automation import reindex_weekly
 from cpst_pipeline.assets.metadata import progress_logger
 from cpst_pipeline.assets.partitions import domain_partitions
 from cpst_pipeline.data.splits import domains_without_normals, leaked_groups, split_summary
@@ -32,43 +32,50 @@ def _sync_domain_partitions(context: AssetExecutionContext, found: list[str]) ->
     return new, removed
 
 
-@asset(
+@multi_asset(
     group_name="data",
-    code_version="1",
-    automation_condition=reindex_weekly(),
-    description="One row per usable image (path, domain, label, mask, group, hash); bad files go to quarantine. Keeps the domain partitions in step with the domains found.",
+    can_subset=False,
+    outs={
+        "dataset_index": AssetOut(
+            code_version="1",
+            automation_condition=reindex_weekly(),
+            description="One row per usable image (path, domain, label, mask, group, hash); bad files go to quarantine.",
+        ),
+        "splits": AssetOut(
+            code_version="1",
+            automation_condition=reindex_weekly(),
+            description="Per-domain, group-aware, stratified train_normal / train_mix / val_mix / test_mix.",
+        ),
+    },
 )
-def dataset_index(context: AssetExecutionContext, settings: CpstSettings) -> Output[pd.DataFrame]:
+def dataset_index_and_splits(context: AssetExecutionContext, settings: CpstSettings):
+    """Index and split in one step that also keeps the domain partitions in step with the domains
+    found: a domain's partition never exists without its rows in ``splits``."""
     config = settings.pipeline_config()
     result = index_datasets(config, progress_logger(context, "indexing images"))
     quarantine = result.quarantine
     if len(quarantine):
         context.log.warning(f"{len(quarantine)} files quarantined; see quarantine.parquet")
-    new, removed = _sync_domain_partitions(context, sorted(result.index["domain"].unique()))
-    return Output(
+    frame = split_dataset(result.index, config)
+    no_bank = domains_without_normals(frame)
+    for domain in no_bank:
+        context.log.warning(f"domain {domain} has no normal images: no memory bank; gate training and a separate evaluation only")
+    yield Output(
         result.index,
+        output_name="dataset_index",
         data_version=DataVersion(frame_version(result.index)),
         metadata={
             "images": len(result.index),
             "images_read": MetadataValue.int(result.images_read),
             "domains": MetadataValue.md(_counts_markdown(result.index, ["domain"], "label")),
-            "new_domains": MetadataValue.json(new),
-            "removed_domains": MetadataValue.json(removed),
             "quarantined": len(quarantine),
             "quarantine": MetadataValue.md(quarantine.head(50).to_markdown(index=False) if len(quarantine) else "none"),
             "quarantine_path": MetadataValue.path(str(config.artifacts_dir / "quarantine.parquet")),
         },
     )
-
-
-@asset(group_name="data", code_version="1", automation_condition=rebuild_when_stale(), description="Per-domain, group-aware, stratified train_normal / train_mix / val_mix / test_mix.")
-def splits(context: AssetExecutionContext, settings: CpstSettings, dataset_index: pd.DataFrame) -> Output[pd.DataFrame]:
-    frame = split_dataset(dataset_index, settings.pipeline_config())
-    no_bank = domains_without_normals(frame)
-    for domain in no_bank:
-        context.log.warning(f"domain {domain} has no normal images: no memory bank; gate training and a separate evaluation only")
-    return Output(
+    yield Output(
         frame,
+        output_name="splits",
         data_version=DataVersion(frame_version(frame)),
         metadata={
             "summary": MetadataValue.md(split_summary(frame).to_markdown()),
@@ -76,3 +83,6 @@ def splits(context: AssetExecutionContext, settings: CpstSettings, dataset_index
             "leaked_groups": len(leaked_groups(frame)),
         },
     )
+    # After the outputs are stored: a new partition is never read before its rows exist.
+    new, removed = _sync_domain_partitions(context, sorted(result.index["domain"].unique()))
+    context.add_asset_metadata({"new_domains": MetadataValue.json(new), "removed_domains": MetadataValue.json(removed)}, asset_key="dataset_index")

@@ -8,7 +8,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 
 from cpst_pipeline.assets.metadata import number, progress_logger
-from cpst_pipeline.assets.automation import rebuild_when_stale
+from cpst_pipeline.assets.automation import rebuild_when_cascade_changes, rebuild_when_stale
 from cpst_pipeline.assets.partitions import domain_partitions
 from cpst_pipeline.cascade.model import CascadeArtifacts
 from cpst_pipeline.cascade.policy import DomainCalibration
@@ -62,7 +62,7 @@ def cascade(
 
 
 @asset(group_name="evaluation", code_version="1",
-    automation_condition=rebuild_when_stale(), description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report; logged to MLflow.")
+    automation_condition=rebuild_when_cascade_changes(), description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report; logged to MLflow.")
 def evaluation_report(
     context: AssetExecutionContext, settings: CpstSettings, embeddings: dict[str, DomainImages], cascade: CascadeArtifacts
 ) -> Output[EvaluationReport]:
@@ -90,7 +90,7 @@ def evaluation_report(
 
 
 @asset(group_name="evaluation", code_version="1",
-    automation_condition=rebuild_when_stale(), description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
+    automation_condition=rebuild_when_cascade_changes(), description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
 def registered_model(
     context: AssetExecutionContext,
     settings: CpstSettings,

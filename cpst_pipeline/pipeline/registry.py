@@ -81,6 +81,11 @@ def _alias_version(client: MlflowClient, name: str, alias: str):
         return None
 
 
+def _domains_unknown_to(version, test: pd.DataFrame) -> list[str]:
+    known = version.tags.get("domains")
+    return [] if known is None else sorted(set(test["domain"]) - set(known.split(",")))
+
+
 def champion_f1_on(test: pd.DataFrame, name: str, fingerprint: str, champion) -> float:
     """The champion's selection F1 on this test split: from its tags if it was evaluated on it, else re-scored."""
     if champion.tags.get("test_fingerprint") == fingerprint:
@@ -129,7 +134,8 @@ def register_cascade(evaluation: dict, run_id: str, test: pd.DataFrame, config: 
                 registered_model_name=model_name,
             )
         version = client.get_model_version(model_name, str(info.registered_model_version))
-        for key, value in {"cascade_key": cascade_dir.name, "test_fingerprint": fingerprint, "selection_f1": f"{f1:.6f}"}.items():
+        tags = {"cascade_key": cascade_dir.name, "test_fingerprint": fingerprint, "selection_f1": f"{f1:.6f}", "domains": ",".join(sorted(evaluation["report"]["domains"]))}
+        for key, value in tags.items():
             client.set_model_version_tag(model_name, version.version, key, value)
         log(f"registered {model_name} version {version.version}")
     else:
@@ -141,6 +147,9 @@ def register_cascade(evaluation: dict, run_id: str, test: pd.DataFrame, config: 
         promoted, reason = True, "no champion yet"
     elif champion.version == version.version:
         promoted, reason = True, "already champion"
+    elif unknown := _domains_unknown_to(champion, test):
+        # The champion cannot score these domains at all (a new product line was added).
+        promoted, reason = True, f"champion v{champion.version} does not know domains {unknown}"
     else:
         champion_f1 = champion_f1_on(test, model_name, fingerprint, champion)
         promoted = f1 >= champion_f1
