@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance, DagsterRun, evaluate_automation_conditions, materialize
+from dagster import DagsterRun, evaluate_automation_conditions, materialize
 
 from cpst_pipeline.materialize_all import materialize_all
-from cpst_pipeline.resources import CpstSettings
 from cpst_pipeline_tests.conftest import REPO_ROOT
-from cpst_pipeline_tests.test_pipeline_end_to_end import pipeline_definitions
+from cpst_pipeline_tests.test_pipeline_end_to_end import project
 
 FIRST, ADDED = ("brushed_metal", "woven_grid"), "speckled_tile"
 PER_DOMAIN_MODELS = ("gate_model", "memory_bank", "calibration")
@@ -54,12 +53,12 @@ def added_domain(tiny_demo, tmp_path_factory):
     root = home / "images"
     for domain in FIRST:
         shutil.copytree(tiny_demo / domain, root / domain)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    (home / "dagster_home").mkdir()
-    instance = DagsterInstance.local_temp(str(home / "dagster_home"))
-    settings = CpstSettings(data_dir=str(home / "data"), dataset_roots=str(root), heatmap_short_side=64, gate_short_side=64)
-    defs = pipeline_definitions(settings)
+    with project(home, root) as (instance, settings, defs):
+        yield _add_domain(tiny_demo, root, instance, settings, defs)
+
+
+def _add_domain(tiny_demo, root, instance, settings, defs) -> dict:
+    """Finish a run on the first domains, add one, and let the automation rebuild what is stale."""
     materialize_all(defs, instance)
     store = Path(settings.asset_storage_path())
     # The tick that sees the finished run requests nothing (every asset is up to date).
@@ -71,8 +70,7 @@ def added_domain(tiny_demo, tmp_path_factory):
     assert materialize([*defs.assets], selection=["dataset_index", "splits"], resources=defs.resources, instance=instance).success
     rebuilt, _ = _rebuild_stale(defs, instance, cursor)
     after = {key: _file_hashes(store / key[0] / key[1]) for key in before}
-    yield {"instance": instance, "settled": settled, "rebuilt": rebuilt, "before": before, "after": after}
-    mp.undo()
+    return {"instance": instance, "settled": settled, "rebuilt": rebuilt, "before": before, "after": after}
 
 
 def test_a_finished_run_has_nothing_stale(added_domain):

@@ -2,6 +2,8 @@
 the index, each domain partition, then the cross-domain assets, as `make demo` does."""
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -18,22 +20,22 @@ from cpst_pipeline.resources import CpstSettings
 DOMAINS = {"brushed_metal", "woven_grid", "speckled_tile"}
 
 
-def pipeline_definitions(settings: CpstSettings) -> Definitions:
-    return Definitions(assets=ALL_ASSETS, asset_checks=ALL_ASSET_CHECKS, resources=pipeline_resources(settings))
+@contextmanager
+def project(home: Path, dataset_roots: Path) -> Iterator[tuple[DagsterInstance, CpstSettings, Definitions]]:
+    """Temporary Dagster and MLflow homes under ``home``, and the project's definitions on small images."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        (home / "dagster_home").mkdir()
+        instance = DagsterInstance.local_temp(str(home / "dagster_home"))
+        settings = CpstSettings(data_dir=str(home / "data"), dataset_roots=str(dataset_roots), heatmap_short_side=64, gate_short_side=64)
+        yield instance, settings, Definitions(assets=ALL_ASSETS, asset_checks=ALL_ASSET_CHECKS, resources=pipeline_resources(settings))
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_demo, tmp_path_factory):
-    home = tmp_path_factory.mktemp("project")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    (home / "dagster_home").mkdir()
-    instance = DagsterInstance.local_temp(str(home / "dagster_home"))
-    settings = CpstSettings(data_dir=str(home / "data"), dataset_roots=str(tiny_demo), heatmap_short_side=64, gate_short_side=64)
-    defs = pipeline_definitions(settings)
-    results = materialize_all(defs, instance)
-    yield {"home": home, "instance": instance, "defs": defs, "settings": settings, "results": results}
-    mp.undo()
+    with project(tmp_path_factory.mktemp("project"), tiny_demo) as (instance, settings, defs):
+        results = materialize_all(defs, instance)
+        yield {"instance": instance, "defs": defs, "settings": settings, "results": results}
 
 
 def _value(results, name):

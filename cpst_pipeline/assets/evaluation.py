@@ -5,17 +5,16 @@ partition: the router, the assembled cascade, its test report and the registered
 from datetime import datetime, timezone
 
 import pandas as pd
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output
 
+from cpst_pipeline.assets.automation import rebuild_when_cascade_changes
 from cpst_pipeline.assets.metadata import number, progress_logger
-from cpst_pipeline.assets.automation import rebuild_when_cascade_changes, rebuild_when_stale
-from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.assets.partitions import cross_domain_asset, domain_asset
 from cpst_pipeline.cascade.model import CascadeArtifacts
 from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.cascade.router import DomainRouter
 from cpst_pipeline.gate.model import GateNet
 from cpst_pipeline.patchcore.bank import MemoryBank
-from cpst_pipeline.pipeline import registry
 from cpst_pipeline.pipeline.cross_domain import EvaluationReport, assemble_cascade, cascade_key, evaluate_cascade, fit_router, test_rows
 from cpst_pipeline.pipeline.domain_images import DomainImages
 from cpst_pipeline.pipeline.domain_models import calibrate_domain_cascade
@@ -23,11 +22,9 @@ from cpst_pipeline.pipeline.publish import log_report, register_model
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(
+@domain_asset(
     group_name="evaluation",
-    partitions_def=domain_partitions,
     code_version="1",
-    automation_condition=rebuild_when_stale(),
     description="The domain's score normalisation, heatmap threshold and gate band [T_low, T_high) on val_mix.",
 )
 def calibration(
@@ -38,15 +35,19 @@ def calibration(
     return Output(calibrated, metadata={"calibration": MetadataValue.md(table.to_markdown(index=False)), "notes": MetadataValue.json(calibrated.notes)})
 
 
-@asset(group_name="evaluation", code_version="1",
-    automation_condition=rebuild_when_stale(), description="Domain centroids of the gate embeddings, for images that come without a domain.")
+@cross_domain_asset(
+    code_version="1",
+    description="Domain centroids of the gate embeddings, for images that come without a domain.",
+)
 def domain_router(settings: CpstSettings, embeddings: dict[str, DomainImages]) -> Output[DomainRouter]:
     router = fit_router(embeddings, settings.pipeline_config())
     return Output(router, metadata={"domains": MetadataValue.json(router.domains)})
 
 
-@asset(group_name="evaluation", code_version="1",
-    automation_condition=rebuild_when_stale(), description="Every domain's gate, bank and calibration plus the router, as one deployable cascade.")
+@cross_domain_asset(
+    code_version="1",
+    description="Every domain's gate, bank and calibration plus the router, as one deployable cascade.",
+)
 def cascade(
     settings: CpstSettings,
     embeddings: dict[str, DomainImages],
@@ -61,8 +62,11 @@ def cascade(
     return Output(assembled, data_version=DataVersion(key), metadata={"cascade_key": key, "domains": MetadataValue.json(sorted(assembled.calibrations))})
 
 
-@asset(group_name="evaluation", code_version="1",
-    automation_condition=rebuild_when_cascade_changes(), description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report; logged to MLflow.")
+@cross_domain_asset(
+    automation_condition=rebuild_when_cascade_changes(),
+    code_version="1",
+    description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report; logged to MLflow.",
+)
 def evaluation_report(
     context: AssetExecutionContext, settings: CpstSettings, embeddings: dict[str, DomainImages], cascade: CascadeArtifacts
 ) -> Output[EvaluationReport]:
@@ -89,8 +93,11 @@ def evaluation_report(
     )
 
 
-@asset(group_name="evaluation", code_version="1",
-    automation_condition=rebuild_when_cascade_changes(), description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
+@cross_domain_asset(
+    automation_condition=rebuild_when_cascade_changes(),
+    code_version="1",
+    description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.",
+)
 def registered_model(
     context: AssetExecutionContext,
     settings: CpstSettings,

@@ -2,20 +2,17 @@
 only new images are computed."""
 
 
-from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output, asset
 import pandas as pd
+from dagster import AssetExecutionContext, DataVersion, MetadataValue, Output
 
-from cpst_pipeline.assets.automation import rebuild_when_stale
-from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.assets.partitions import domain_asset
 from cpst_pipeline.pipeline.domain_images import DomainImages, embed_domain_images
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(
+@domain_asset(
     group_name="features",
-    partitions_def=domain_partitions,
     code_version="1",
-    automation_condition=rebuild_when_stale(),
     description="The domain's images with their gate embeddings (and PatchCore patch features where it gets a bank) in the feature store.",
 )
 def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[DomainImages]:

@@ -1,11 +1,10 @@
 """Model assets, one partition per domain: the domain's gate and its PatchCore memory bank."""
 
 
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Output, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Output
 
 from cpst_pipeline.assets.metadata import number
-from cpst_pipeline.assets.automation import rebuild_when_stale
-from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.assets.partitions import domain_asset
 from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.pipeline.dataset import TRAINING_SPLITS
 from cpst_pipeline.pipeline.domain_images import DomainImages
@@ -13,11 +12,9 @@ from cpst_pipeline.pipeline.domain_models import fit_domain_bank, fit_domain_gat
 from cpst_pipeline.resources import CpstSettings
 
 
-@asset(
+@domain_asset(
     group_name="models",
-    partitions_def=domain_partitions,
     code_version="1",
-    automation_condition=rebuild_when_stale(),
     description="The domain's gate MLP, trained on its train_mix (both classes) plus train_normal, class-balanced; safetensors.",
     check_specs=[AssetCheckSpec("gate_better_than_chance", asset="gate_model", description="The gate separates classes on val_mix better than chance (AUROC > 0.5).")],
 )
@@ -31,11 +28,9 @@ def gate_model(context: AssetExecutionContext, settings: CpstSettings, embedding
     yield AssetCheckResult(check_name="gate_better_than_chance", passed=auroc is not None and auroc > 0.5, metadata={"val_auroc": number(auroc)})
 
 
-@asset(
+@domain_asset(
     group_name="models",
-    partitions_def=domain_partitions,
     code_version="1",
-    automation_condition=rebuild_when_stale(),
     description="The domain's greedy-coreset PatchCore bank + faiss index; none for a domain without normal images.",
 )
 def memory_bank(context: AssetExecutionContext, settings: CpstSettings, embeddings: DomainImages) -> Output[MemoryBank | None]:
