@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The Dagster instance (run history, dagster.yaml): this folder unless DAGSTER_HOME is exported.
+# Passed here, never written to .env: Dagster's CLI lets .env override the environment.
+DAGSTER_HOME ?= $(CURDIR)
+export DAGSTER_HOME
 
 .PHONY: setup demo test benchmark ui
 
@@ -12,10 +16,9 @@ $(BIN)/dagster: pyproject.toml
 	$(BIN)/pip install -e '.[test]'
 	touch $@
 
-.env:
-	echo "DAGSTER_HOME=$(CURDIR)" > .env
-
-setup: $(BIN)/dagster .env
+setup: $(BIN)/dagster
+	@# Older set-ups wrote DAGSTER_HOME into .env, where it would override an exported one.
+	@if [ -f .env ]; then sed -i '/^DAGSTER_HOME=/d' .env; fi
 
 demo: setup
 	$(BIN)/dagster asset materialize -m cpst_pipeline.definitions --select '*registered_model'
