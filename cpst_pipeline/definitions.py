@@ -5,6 +5,7 @@ from pathlib import Path
 from dagster import Definitions, in_process_executor
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
+from cpst_pipeline.executors import dask_job, in_process_job, parallel_job
 from cpst_pipeline.resources import ArtifactIOManager, CpstSettings
 from cpst_pipeline.schedules import retrain_job, weekly_retrain_schedule
 
@@ -19,7 +20,7 @@ def pipeline_resources(settings: CpstSettings) -> dict:
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_ASSET_CHECKS,
-    jobs=[retrain_job],
+    jobs=[retrain_job, in_process_job(), parallel_job(), dask_job()],
     schedules=[weekly_retrain_schedule],
     resources=pipeline_resources(CpstSettings()),
     # One process: steps share the loaded torch/timm instead of paying a fresh import each.

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 
 from cpst_pipeline.cascade.calibration import CalibrationConfig
 from cpst_pipeline.data.splits import SplitConfig
@@ -15,6 +15,7 @@ from cpst_pipeline.features.embed import ResolutionConfig
 from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig
 from cpst_pipeline.pipeline.config import PipelineConfig
+from cpst_pipeline.pipeline.parallelism import set_compute_threads
 
 
 class CpstSettings(ConfigurableResource):
@@ -32,6 +33,13 @@ class CpstSettings(ConfigurableResource):
     max_heatmap_call_rate: float = 0.35
     split_seed: int = 0
     model_name: str = "cpst-cascade"
+    # Threads of torch and faiss in each step process; 0 keeps their defaults (every core). Jobs that
+    # run steps side by side set it so that the steps do not oversubscribe the cores.
+    torch_threads: int = 0
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if self.torch_threads > 0:
+            set_compute_threads(self.torch_threads)
 
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from cpst_pipeline.benchmark.markdown import replace_section
-from cpst_pipeline.benchmark.speed.common import FULL, QUICK, Context, Section, reference_gflops, set_threads
+from cpst_pipeline.benchmark.speed.common import FULL, QUICK, Context, Section, reference_gflops
 from cpst_pipeline.benchmark.speed.coreset import section_coreset
 from cpst_pipeline.benchmark.speed.datasets import find_datasets
 from cpst_pipeline.benchmark.speed.embedding import section_embedding
@@ -56,6 +56,7 @@ from cpst_pipeline.benchmark.speed.report import markdown, print_section
 from cpst_pipeline.features.extractor import resolve_device
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.pipeline.config import PipelineConfig
+from cpst_pipeline.pipeline.parallelism import set_compute_threads
 
 SECTIONS = ("coreset", "embedding", "latency", "memory", "incremental", "gpu")
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
-        set_threads(args.threads)
+        set_compute_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child)
         return

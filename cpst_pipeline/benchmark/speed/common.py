@@ -131,13 +131,6 @@ def reference_gflops(repeats: int = 5) -> float:
     return 2 * 2_560 * 35_840 * 152 / best / 1e9
 
 
-def set_threads(n: int) -> None:
-    import faiss
-
-    torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
-
-
 def extract_patches(
     extractor: FeatureExtractor,
     items: list[tuple[str, bool]],
