@@ -35,8 +35,8 @@ def test_whole_graph_materializes_with_passing_checks(pipeline):
     result = pipeline["result"]
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} >= {"no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
-    assert all(e.passed for e in evaluations if e.check_name in {"no_group_leakage", "banks_not_empty"})
+    assert {e.check_name for e in evaluations} >= {"index_fit_to_train_on", "no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
+    assert all(e.passed for e in evaluations if e.check_name in {"index_fit_to_train_on", "no_group_leakage", "banks_not_empty"})
 
 
 def test_report_contents(pipeline):
