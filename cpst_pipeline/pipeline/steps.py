@@ -266,9 +266,9 @@ def test_fingerprint(splits: pd.DataFrame) -> str:
 
 
 def fit_router(splits: pd.DataFrame, config: PipelineConfig) -> DomainRouter:
-    """Domain centroids from the gate embeddings of every training image."""
+    """Domain centroids and per-domain references from the gate embeddings of every training image."""
     ordered, embeddings = gate_embeddings(splits[splits["split"].isin(TRAINING_SPLITS)], config, input_sizes(splits, config))
-    return DomainRouter.fit(embeddings, ordered["domain"].tolist())
+    return DomainRouter.fit(embeddings, ordered["domain"].tolist(), ordered["group_id"].tolist())
 
 
 def assemble_cascade(splits: pd.DataFrame, gate_info: dict, banks_info: dict, calibration_info: dict, config: PipelineConfig) -> Path:
