@@ -12,7 +12,6 @@ margin to show how the choice was made. Writes the ``novelty`` section of BENCHM
 
 from __future__ import annotations
 
-import argparse
 import platform
 from functools import cache
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cpst_pipeline.benchmark.cli import dataset_benchmark_parser
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.cascade import ood
 from cpst_pipeline.cascade.router import DomainRouter
@@ -139,11 +139,7 @@ def markdown(rows: list[dict], config: PipelineConfig) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="dataset roots, as CPST_DATASET_ROOTS (e.g. ../shared/datasets)")
-    parser.add_argument("--work", default="data/benchmark", help="folder for caches and artifacts")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser = dataset_benchmark_parser(__doc__)
     args = parser.parse_args()
     work = Path(args.work)
     demo = PipelineConfig(data_dir=work / "novelty_demo", device=args.device)

@@ -43,7 +43,7 @@ class WalkedRoot:
     blocked_folders: list[str]  # symlinked folders not followed: nothing under them is indexed
 
     def is_blocked(self, path: str) -> bool:
-        return any(path == folder or path.startswith(folder + os.sep) for folder in self.blocked_folders)
+        return any(_is_within(path, folder) for folder in self.blocked_folders)
 
 
 def walk_root(root: Path, allow_outside: bool) -> WalkedRoot:
@@ -57,7 +57,7 @@ def walk_root(root: Path, allow_outside: bool) -> WalkedRoot:
     while pending:
         folder = pending.pop()
         with os.scandir(folder) as entries:
-            ordered = sorted(entries, key=lambda entry: entry.name, reverse=True)
+            ordered = sorted(entries, key=lambda entry: entry.name)  # the first of two links to one folder wins
         for entry in ordered:
             if not entry.is_symlink():
                 if entry.is_dir(follow_symlinks=False):
