@@ -31,7 +31,7 @@ from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.pipeline import steps
 from cpst_pipeline.pipeline.config import PipelineConfig
 
-SWEPT_MARGINS = (1.0, 1.25, 1.5, 2.0)
+SWEPT_MARGINS = (0.75, 1.0, 1.25, 1.5)
 BLANK_LEVELS = np.linspace(0, 255, 8).round().astype(np.uint8)
 OTHER_DOMAIN_SAMPLE = 100  # val images per other domain
 BATCH = 16
@@ -134,7 +134,13 @@ def markdown(rows: list[dict], config: PipelineConfig) -> str:
             for m in SWEPT_MARGINS
         ]
         lines.append(f"| {r['dataset']} | {r['domain']} | " + " | ".join(cells) + " |")
-    lines += ["", "NEU-DET has no normal images: no normal false-flag rate exists for it."]
+    lines += [
+        "",
+        "NEU-DET has no normal images: no normal false-flag rate exists for it. The margin is the smallest "
+        "swept value above 1.0: with a dozen training images a domain's radius sits near its largest "
+        "held-out distance, and at 1.0 the unit-test cascade (13 training images per domain) flagged one "
+        "of three unseen normal images; 1.25 keeps that slack and still flags every blank frame.",
+    ]
     return "\n".join(lines)
 
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 QUANTILE = 0.99
-MARGIN = 1.5
+# 1.0 flags no val normal of the benchmark datasets either, but leaves a small domain (a dozen
+# training images) no slack: its radius is then about its largest held-out distance.
+MARGIN = 1.25
 # References kept per domain (a seeded sample beyond that): serving cost and file size stay flat.
 MAX_REFERENCES = 4000
 
