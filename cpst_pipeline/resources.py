@@ -25,7 +25,7 @@ class CpstSettings(ConfigurableResource):
     data_dir: str = os.environ.get("CPST_DATA_DIR", "data")
     dataset_roots: str = os.environ.get("CPST_DATASET_ROOTS", "")
     device: str = os.environ.get("CPST_DEVICE", "auto")
-    # Indexing: what a usable image is (see README, "Datasets").
+    # Indexing: what a usable image is (see README, "Dataset layouts").
     min_image_short_side: int = IndexRules.min_short_side
     max_image_pixels: int = IndexRules.max_pixels
     blank_image_max_std: float = IndexRules.blank_max_std

@@ -179,3 +179,9 @@ def test_a_symlinked_folder_outside_the_root_is_followed_only_when_allowed(tmp_p
     assert set(allowed.index["domain"]) == {"dom_a", "dom_x"}
     assert str(root / "dom_x" / "good" / "x.png") in set(allowed.index["path"])
 
+
+
+@pytest.mark.parametrize("bad", [{"min_short_side": 0}, {"max_pixels": 0}, {"blank_max_std": -1.0}])
+def test_impossible_limits_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="index rules need"):
+        IndexRules(**bad)
