@@ -9,6 +9,8 @@ import pandas as pd
 from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 
 from cpst_pipeline.cascade.calibration import CalibrationConfig
+from cpst_pipeline.data.index_check import IndexCheckConfig
+from cpst_pipeline.data.rules import IndexRules
 from cpst_pipeline.data.splits import SplitConfig
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import ResolutionConfig
@@ -24,6 +26,12 @@ class CpstSettings(ConfigurableResource):
     data_dir: str = os.environ.get("CPST_DATA_DIR", "data")
     dataset_roots: str = os.environ.get("CPST_DATASET_ROOTS", "")
     device: str = os.environ.get("CPST_DEVICE", "auto")
+    # Indexing: what a usable image is (see README, "Dataset layouts").
+    min_image_short_side: int = IndexRules.min_short_side
+    max_image_pixels: int = IndexRules.max_pixels
+    blank_image_max_std: float = IndexRules.blank_max_std
+    allow_symlinks_outside_root: bool = IndexRules.allow_symlinks_outside_root
+    max_quarantine_share: float = IndexCheckConfig.max_quarantine_share
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "bundled"
     heatmap_short_side: int = 256
@@ -46,6 +54,13 @@ class CpstSettings(ConfigurableResource):
             data_dir=Path(self.data_dir),
             dataset_roots=self.dataset_roots,
             device=self.device,
+            index_rules=IndexRules(
+                min_short_side=self.min_image_short_side,
+                max_pixels=self.max_image_pixels,
+                blank_max_std=self.blank_image_max_std,
+                allow_symlinks_outside_root=self.allow_symlinks_outside_root,
+            ),
+            index_check=IndexCheckConfig(max_quarantine_share=self.max_quarantine_share),
             backbone=BackboneConfig(model_name=self.backbone, weights=self.weights),
             resolution=ResolutionConfig(heatmap_short_side=self.heatmap_short_side, gate_short_side=self.gate_short_side),
             splits=SplitConfig(seed=self.split_seed),

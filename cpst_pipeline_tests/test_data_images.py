@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpst_pipeline.data.images import ImageInfo, ImageReadError, load_image_rgb, load_mask, probe_image
+from cpst_pipeline.data.images import ImageReadError, load_image_rgb, load_mask, probe_image
 
 
 def save(path: Path, image: Image.Image, **options) -> Path:
@@ -55,7 +55,14 @@ def test_float_image_in_unit_range_spans_0_to_255(tmp_path: Path) -> None:
 
 def test_probe_reports_size_and_mode(tmp_path: Path) -> None:
     path = save(tmp_path / "grey.png", noise_rgb(30, 50).convert("L"))
-    assert probe_image(path) == ImageInfo(width=50, height=30, mode="L")
+    info = probe_image(path)
+    assert (info.width, info.height, info.mode) == (50, 30, "L") and info.pixel_std > 40  # noise
+
+
+def test_probe_refuses_more_pixels_than_allowed_before_decoding(tmp_path: Path) -> None:
+    path = save(tmp_path / "grey.png", noise_rgb(30, 50).convert("L"))
+    with pytest.raises(ImageReadError, match="image too large: 50x30 = 1,500 pixels, above max_pixels 1,000"):
+        probe_image(path, max_pixels=1000)
 
 
 @pytest.mark.parametrize("format, suffix", [("JPEG", ".jpg"), ("PNG", ".png")])

@@ -6,6 +6,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from PIL import Image
 from dagster import AssetKey, DagsterInstance, materialize
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
@@ -35,8 +36,8 @@ def test_whole_graph_materializes_with_passing_checks(pipeline):
     result = pipeline["result"]
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} >= {"no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
-    assert all(e.passed for e in evaluations if e.check_name in {"no_group_leakage", "banks_not_empty"})
+    assert {e.check_name for e in evaluations} >= {"index_fit_to_train_on", "no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
+    assert all(e.passed for e in evaluations if e.check_name in {"index_fit_to_train_on", "no_group_leakage", "banks_not_empty"})
 
 
 def test_report_contents(pipeline):
@@ -69,6 +70,17 @@ def test_model_registered_as_champion_and_scores_images(pipeline, tiny_demo):
     assert list(out.columns) >= ["domain", "anomaly_score", "is_anomaly", "heatmap_ran"]
     for _, row in out.iterrows():
         assert (row["heatmap"] is not None) == row["heatmap_ran"]
+
+
+def test_served_model_flags_a_blank_frame_and_another_product_for_the_given_domain(pipeline, tiny_demo, tmp_path):
+    info = _value(pipeline["result"], "registered_model")
+    model = mlflow.pyfunc.load_model(f"models:/{info['model_name']}@champion")
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(blank)
+    other = sorted((tiny_demo / "woven_grid" / "good").glob("*.png"))[0]
+    out = model.predict(pd.DataFrame({"path": [str(blank), str(other)], "domain": ["brushed_metal"] * 2}))
+    assert out["is_anomaly"].tolist() == [True, True]
+    assert out["reason"].str.startswith("unlike every training image of domain brushed_metal").all()
 
 
 def test_second_run_reuses_upstream_and_registers_nothing_new(pipeline):

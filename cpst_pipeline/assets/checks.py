@@ -5,7 +5,27 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from cpst_pipeline.data.splits import leaked_groups
+from cpst_pipeline.pipeline import steps
 from cpst_pipeline.resources import CpstSettings
+
+
+@asset_check(
+    asset="dataset_index",
+    blocking=True,
+    description="No domain has more than max_quarantine_share of its files quarantined, and no byte-identical images disagree on label or domain.",
+)
+def index_fit_to_train_on(settings: CpstSettings, dataset_index: pd.DataFrame) -> AssetCheckResult:
+    check = steps.check_indexed(dataset_index, settings.pipeline_config())
+    return AssetCheckResult(
+        passed=check.passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=check.message,
+        metadata={
+            "quarantine_share": MetadataValue.json(check.quarantine_share),
+            "over_bound": MetadataValue.json(check.over_bound),
+            "conflicting_files": MetadataValue.json(check.conflicting_files),
+        },
+    )
 
 
 @asset_check(asset="splits", description="No physical part (group) appears in more than one of train / val / test.")

@@ -18,18 +18,22 @@ def _counts_markdown(frame: pd.DataFrame, rows: list[str], column: str) -> str:
 def dataset_index(context: AssetExecutionContext, settings: CpstSettings) -> Output[pd.DataFrame]:
     config = settings.pipeline_config()
     result = steps.index_datasets(config, progress_logger(context, "indexing images"))
-    quarantine = result.quarantine
+    quarantine, summary = result.quarantine, result.summary()
     if len(quarantine):
-        context.log.warning(f"{len(quarantine)} files quarantined; see quarantine.parquet")
+        context.log.warning(f"{len(quarantine)} files or folders quarantined; see {steps.QUARANTINE_FILE}")
     return Output(
         result.index,
         metadata={
             "images": len(result.index),
             "images_read": MetadataValue.int(result.images_read),
             "domains": MetadataValue.md(_counts_markdown(result.index, ["domain"], "label")),
+            "files_seen": summary.files_seen,
+            "files_by_outcome": MetadataValue.json(summary.files_by_outcome),
+            "files_by_rule": MetadataValue.md(summary.markdown()),
+            "account_path": MetadataValue.path(str(config.artifacts_dir / steps.ACCOUNT_FILE)),
             "quarantined": len(quarantine),
             "quarantine": MetadataValue.md(quarantine.head(50).to_markdown(index=False) if len(quarantine) else "none"),
-            "quarantine_path": MetadataValue.path(str(config.artifacts_dir / "quarantine.parquet")),
+            "quarantine_path": MetadataValue.path(str(config.artifacts_dir / steps.QUARANTINE_FILE)),
         },
     )
 

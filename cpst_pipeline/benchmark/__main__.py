@@ -9,7 +9,6 @@ and the full figures to ``benchmarks/quality.json``.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cpst_pipeline.benchmark.cli import dataset_benchmark_parser
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.pipeline import steps
@@ -152,11 +152,7 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="dataset roots, as CPST_DATASET_ROOTS (e.g. ../shared/datasets)")
-    parser.add_argument("--work", default="data/benchmark", help="folder for caches and artifacts")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser = dataset_benchmark_parser(__doc__)
     parser.add_argument("--json", default="benchmarks/quality.json")
     args = parser.parse_args()
     config = PipelineConfig(data_dir=Path(args.work), dataset_roots=str(Path(args.data).resolve()), device=args.device)

@@ -4,7 +4,8 @@ Directory layout (no pickle anywhere)::
 
     cascade.json                 backbone config, resolutions, per-domain input sizes, scoring config
     calibration.json             per-domain thresholds (see cascade.policy)
-    router.json                  domain centroids for images that come without a domain
+    router.json                  domain centroids for images that come without a domain, and radii
+    router_references.npy        training gate embeddings an image must be near to count as of its domain
     gate/gate.safetensors, gate/gate.json
     banks/<domain>/coreset.npy, index.faiss, bank.json, position_mean.npy, position_std.npy
 """
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, UNKNOWN_DOMAIN_SCORE, DomainCalibration, cascade_score
 from cpst_pipeline.features.backbone import BackboneConfig
@@ -32,7 +34,8 @@ from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
 
 # Bumped whenever the directory layout changes, so cached cascades are rebuilt.
-CASCADE_FORMAT = 2
+CASCADE_FORMAT = 3
+UNKNOWN_DOMAIN_REASON = "looks like none of the known domains"
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Prediction:
     is_anomaly: bool
     anomaly_map: np.ndarray | None  # (H, W) normalised, at the image's own size
     seconds: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None  # why an image was flagged without being scored (unknown / unlike its domain)
 
 
 def write_cascade_directory(
@@ -132,13 +136,15 @@ class CascadeModel:
             raise ValueError(f"unknown domain {domain!r}; this model knows {self.domains}")
         return self.calibrations[domain]
 
-    def gate_score(self, image: np.ndarray, domain: str, seconds: dict[str, float]) -> float:
+    def gate_embedding(self, image: np.ndarray, domain: str, seconds: dict[str, float]) -> torch.Tensor:
         started = time.perf_counter()
-        batch = self.extractor.batch([image], self.inputs[domain].gate_size)
-        embedding = self.extractor.image_embedding(batch)
+        embedding = self.extractor.image_embedding(self.extractor.batch([image], self.inputs[domain].gate_size)).cpu()
         seconds["gate_backbone"] = time.perf_counter() - started
+        return embedding
+
+    def gate_score(self, embedding: torch.Tensor, domain: str, seconds: dict[str, float]) -> float:
         started = time.perf_counter()
-        score = float(self.gate.predict_proba(embedding.cpu(), [domain])[0])
+        score = float(self.gate.predict_proba(embedding, [domain])[0])
         seconds["gate_head"] = time.perf_counter() - started
         return score
 
@@ -165,8 +171,8 @@ class CascadeModel:
 
     def predict(self, image: np.ndarray, domain: str | None = None, force_heatmap: bool = False) -> Prediction:
         """Score one uint8 image, (H, W) grey or (H, W, 3) RGB. Without ``domain`` the router picks
-        one; an image that fits no domain is flagged (``is_anomaly`` True, for review) rather than
-        scored against a wrong bank.
+        one; an image that fits no domain, or is unlike every training image of its domain, is
+        flagged (``is_anomaly`` True, ``reason`` says why, for review) rather than scored.
         ``force_heatmap`` runs the heatmap even when the gate is sure (for the always-heatmap
         baseline); the decision still follows the cascade."""
         seconds: dict[str, float] = {}
@@ -175,13 +181,18 @@ class CascadeModel:
             domain = self.route(image)
             seconds["route"] = time.perf_counter() - started
             if domain is None:
-                return Prediction(None, math.nan, False, None, UNKNOWN_DOMAIN_SCORE, True, None, seconds)
+                return Prediction(None, math.nan, False, None, UNKNOWN_DOMAIN_SCORE, True, None, seconds, UNKNOWN_DOMAIN_REASON)
         calibration = self._check_domain(domain)
-        gate_score = self.gate_score(image, domain, seconds)
-        called = calibration.needs_heatmap(gate_score)
+        embedding = self.gate_embedding(image, domain, seconds)
+        gate_score = self.gate_score(embedding, domain, seconds)
+        # A blank frame or another product is flagged: a score would mean nothing for it.
+        unlike = self.router.unlike_domain(embedding.numpy(), domain)
+        called = unlike is None and calibration.needs_heatmap(gate_score)
         heatmap_score, heatmap_map = None, None
         if called or (force_heatmap and calibration.has_bank):
             heatmap_score, heatmap_map = self.heatmap(image, domain, seconds)
+        if unlike is not None:
+            return Prediction(domain, gate_score, False, heatmap_score, UNKNOWN_DOMAIN_SCORE, True, heatmap_map, seconds, unlike)
         score = cascade_score(calibration, gate_score, heatmap_score if called else None)
         return Prediction(
             domain=domain,

@@ -2,10 +2,11 @@
 
 Input: a DataFrame with a ``path`` column (image file) and, optionally, ``domain``; where the
 domain is missing the model's router picks it, and an image that fits no known domain comes
-back with ``domain`` None and ``is_anomaly`` True (flagged for review).
-Output, one row per image: ``domain``, ``anomaly_score``, ``is_anomaly``, ``heatmap_ran``,
-``gate_score``, ``heatmap_score`` and ``heatmap`` (an (H, W) float32 array, or None when
-the gate decided alone).
+back with ``domain`` None and ``is_anomaly`` True (flagged for review), as does an image
+unlike every training image of its domain.
+Output, one row per image: ``domain``, ``anomaly_score``, ``is_anomaly``, ``reason`` (why a
+flagged image was not scored, else None), ``heatmap_ran``, ``gate_score``, ``heatmap_score``
+and ``heatmap`` (an (H, W) float32 array, or None when the gate decided alone).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class CascadePyfunc(PythonModel):
                     "domain": prediction.domain,
                     "anomaly_score": prediction.anomaly_score,
                     "is_anomaly": prediction.is_anomaly,
+                    "reason": prediction.reason,
                     "heatmap_ran": prediction.heatmap_ran,
                     "gate_score": prediction.gate_score,
                     "heatmap_score": prediction.heatmap_score,

@@ -24,6 +24,7 @@ from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.cascade.router import DomainRouter
 from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.data.index import IndexResult, build_index
+from cpst_pipeline.data.index_check import IndexCheck, check_index
 from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
 from cpst_pipeline.data.splits import assign_splits, domains_without_normals
 from cpst_pipeline.evaluation.report import markdown_summary, render_html_report, write_report_json
@@ -41,6 +42,9 @@ from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 Progress = Callable[[int, int], None]
 Log = Callable[[str], None]
 
+QUARANTINE_FILE = "quarantine.parquet"
+ACCOUNT_FILE = "file_account.parquet"
+
 # What the gate and the router learn from; val and test stay unseen.
 TRAINING_SPLITS = ("train_mix", "train_normal")
 
@@ -53,10 +57,18 @@ def dataset_roots(config: PipelineConfig) -> list[DatasetRoot]:
 
 
 def index_datasets(config: PipelineConfig, progress: Progress | None = None) -> IndexResult:
-    result = build_index(dataset_roots(config), progress=progress, probe_cache=config.artifacts_dir / "index_probes.parquet")
-    with atomic_path(config.artifacts_dir / "quarantine.parquet") as tmp:
-        result.quarantine.to_parquet(tmp, index=False)
+    """Index the roots; the quarantine and the account of every file go beside the index."""
+    result = build_index(
+        dataset_roots(config), progress=progress, probe_cache=config.artifacts_dir / "index_probes.parquet", rules=config.index_rules
+    )
+    for table, name in ((result.quarantine, QUARANTINE_FILE), (result.account, ACCOUNT_FILE)):
+        with atomic_path(config.artifacts_dir / name) as tmp:
+            table.to_parquet(tmp, index=False)
     return result
+
+
+def check_indexed(index: pd.DataFrame, config: PipelineConfig) -> IndexCheck:
+    return check_index(index, pd.read_parquet(config.artifacts_dir / QUARANTINE_FILE), config.index_check)
 
 
 def split_dataset(index: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
@@ -254,9 +266,9 @@ def test_fingerprint(splits: pd.DataFrame) -> str:
 
 
 def fit_router(splits: pd.DataFrame, config: PipelineConfig) -> DomainRouter:
-    """Domain centroids from the gate embeddings of every training image."""
+    """Domain centroids and per-domain references from the gate embeddings of every training image."""
     ordered, embeddings = gate_embeddings(splits[splits["split"].isin(TRAINING_SPLITS)], config, input_sizes(splits, config))
-    return DomainRouter.fit(embeddings, ordered["domain"].tolist())
+    return DomainRouter.fit(embeddings, ordered["domain"].tolist(), ordered["group_id"].tolist())
 
 
 def assemble_cascade(splits: pd.DataFrame, gate_info: dict, banks_info: dict, calibration_info: dict, config: PipelineConfig) -> Path:
