@@ -83,6 +83,8 @@ class Registration:
     promoted_to_champion: bool
     reason: str
     quality_gates: list[str]
+    decision: PromotionDecision
+    comparison: SharedComparison | None  # None: no champion, or no domain shared with it
     selection_f1: float
     run_id: str
     tracking_uri: str
@@ -190,9 +192,9 @@ def register_cascade(evaluation: dict, run_id: str, test: pd.DataFrame, config: 
     gates = [v.describe() for v in verdicts]
     failed = failed_domains(verdicts)
     if failed:
-        reason = decide_promotion(set(), None, None, failed, registry.policy).reason + " (not registered)"
-        log(reason)
-        return asdict(Registration(name, None, False, reason, gates, f1, run_id, uri, None))
+        decision = decide_promotion(set(), None, None, failed, registry.policy)
+        log(f"{decision.reason}: not registered")
+        return asdict(Registration(name, None, False, decision.reason, gates, decision, None, f1, run_id, uri, None))
 
     version = _existing_version(client, name, cascade_dir.name)
     if version is None:
@@ -201,20 +203,24 @@ def register_cascade(evaluation: dict, run_id: str, test: pd.DataFrame, config: 
     else:
         log(f"{name} version {version.version} already holds this cascade; not registering again")
     challenger_domains = _version_domains(client, version)
+    compared: list[SharedComparison] = []
 
     def decide(champion) -> PromotionDecision:
         if champion is not None and champion.version == version.version:
             return PromotionDecision(True, "already champion")
         champion_domains = None if champion is None else _version_domains(client, champion)
-        comparison = None
-        if champion is not None:
-            shared = domain_changes(challenger_domains, champion_domains)[0]
-            comparison = _shared_comparison(champion, evaluation, test, shared, config, name) if shared else None
-        return decide_promotion(challenger_domains, champion_domains, comparison, [], registry.policy)
+        if champion is not None and (shared := domain_changes(challenger_domains, champion_domains)[0]):
+            compared.append(_shared_comparison(champion, evaluation, test, shared, config, name))
+        return decide_promotion(challenger_domains, champion_domains, compared[-1] if compared else None, [], registry.policy)
 
     decision = move_aliases(client, name, version.version, decide, alias_lock_path(uri, name))
     log(f"{name} version {version.version}: {'champion' if decision.promote else 'challenger only'} ({decision.reason})")
-    return asdict(Registration(name, int(version.version), decision.promote, decision.reason, gates, f1, run_id, uri, f"models:/{name}/{version.version}"))
+    return asdict(
+        Registration(
+            name, int(version.version), decision.promote, decision.reason, gates, decision,
+            compared[-1] if compared else None, f1, run_id, uri, f"models:/{name}/{version.version}",
+        )
+    )
 
 
 def _log_and_register(client: MlflowClient, evaluation: dict, run_id: str, registry: RegistryConfig, f1: float):
