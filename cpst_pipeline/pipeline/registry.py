@@ -206,7 +206,7 @@ def register_cascade(evaluation: dict, run_id: str, test: pd.DataFrame, config: 
     compared: list[SharedComparison] = []
 
     def decide(champion) -> PromotionDecision:
-        if champion is not None and champion.version == version.version:
+        if champion is not None and str(champion.version) == str(version.version):
             return PromotionDecision(True, "already champion")
         champion_domains = None if champion is None else _version_domains(client, champion)
         if champion is not None and (shared := domain_changes(challenger_domains, champion_domains)[0]):
