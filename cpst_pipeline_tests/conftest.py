@@ -9,9 +9,13 @@ from cpst_pipeline.benchmark.__main__ import run_pipeline
 from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.features.embed import ResolutionConfig
 from cpst_pipeline.pipeline.config import PipelineConfig
+from cpst_pipeline.pipeline.quality_gates import QualityBounds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+# Six test images per domain make the tiny model's figures noise: tests that register it use
+# these bounds (the gates themselves are tested on purpose-built calibrations and a degenerate model).
+LENIENT_GATES = QualityBounds(max_false_positive_rate=1.0, min_auroc=0.0, min_val_defects=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Materialize the whole asset graph on a tiny generated dataset, into temporary Dagster and MLflow homes."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
+from cpst_pipeline.cascade.serving import OUTPUT_COLUMNS
 from cpst_pipeline.definitions import pipeline_resources
 from cpst_pipeline.resources import CpstSettings
+from cpst_pipeline_tests.conftest import LENIENT_GATES
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,10 @@ def pipeline(tiny_demo, tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     (home / "dagster_home").mkdir()
     instance = DagsterInstance.local_temp(str(home / "dagster_home"))
-    settings = CpstSettings(data_dir=str(home / "data"), dataset_roots=str(tiny_demo), heatmap_short_side=64, gate_short_side=64)
+    settings = CpstSettings(
+        data_dir=str(home / "data"), dataset_roots=str(tiny_demo), heatmap_short_side=64, gate_short_side=64,
+        max_false_positive_rate=LENIENT_GATES.max_false_positive_rate, min_auroc=LENIENT_GATES.min_auroc, min_val_defects=LENIENT_GATES.min_val_defects,
+    )
     resources = pipeline_resources(settings)
     first = materialize([*ALL_ASSETS, *ALL_ASSET_CHECKS], resources=resources, instance=instance)
     yield {"home": home, "instance": instance, "resources": resources, "result": first}
@@ -35,7 +41,9 @@ def test_whole_graph_materializes_with_passing_checks(pipeline):
     result = pipeline["result"]
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} >= {"no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
+    assert {e.check_name for e in evaluations} >= {
+        "no_group_leakage", "banks_not_empty", "gate_better_than_chance", "calibration_quality_gates", "model_quality_gates"
+    }
     assert all(e.passed for e in evaluations if e.check_name in {"no_group_leakage", "banks_not_empty"})
 
 
@@ -65,10 +73,12 @@ def test_model_registered_as_champion_and_scores_images(pipeline, tiny_demo):
     assert info["promoted_to_champion"]
     model = mlflow.pyfunc.load_model(f"models:/{info['model_name']}@champion")
     paths = sorted((tiny_demo / "brushed_metal" / "good").glob("*.png"))[:2]
-    out = model.predict(pd.DataFrame({"path": [str(p) for p in paths], "domain": ["brushed_metal"] * 2}))
-    assert list(out.columns) >= ["domain", "anomaly_score", "is_anomaly", "heatmap_ran"]
+    images = [base64.b64encode(p.read_bytes()).decode("ascii") for p in paths]
+    out = model.predict(pd.DataFrame({"image_base64": images, "domain": ["brushed_metal"] * 2}), params={"heatmap": "png"})
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
     for _, row in out.iterrows():
-        assert (row["heatmap"] is not None) == row["heatmap_ran"]
+        assert row["error"] is None and row["domain"] == "brushed_metal"
+        assert row["heatmap"].startswith("data:image/png;base64,")  # a heatmap was asked for
 
 
 def test_second_run_reuses_upstream_and_registers_nothing_new(pipeline):

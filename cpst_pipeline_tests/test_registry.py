@@ -18,9 +18,8 @@ from cpst_pipeline.benchmark.__main__ import run_pipeline
 from cpst_pipeline.pipeline import registry, steps
 from cpst_pipeline.pipeline.promotion import PromotionDecision, PromotionPolicy
 from cpst_pipeline.pipeline.quality_gates import QualityBounds
+from cpst_pipeline_tests.conftest import LENIENT_GATES
 
-# Six test images per domain make the tiny model's figures noise: lenient bounds, except where a test says otherwise.
-LENIENT = QualityBounds(max_false_positive_rate=1.0, min_auroc=0.0, min_val_defects=0)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def tracking(tmp_path_factory):
     mp.undo()
 
 
-def register(result: dict, name: str, policy: PromotionPolicy = PromotionPolicy(), bounds: QualityBounds = LENIENT) -> dict:
+def register(result: dict, name: str, policy: PromotionPolicy = PromotionPolicy(), bounds: QualityBounds = LENIENT_GATES) -> dict:
     config, evaluation, splits = result["config"], result["evaluation"], result["splits"]
     run_id = registry.log_evaluation_run(evaluation, config)
     test = splits[splits["split"] == "test_mix"]
@@ -90,7 +89,7 @@ def test_a_degenerate_model_is_neither_challenger_nor_champion(tracking, tiny_pi
     evaluation = steps.evaluate(splits, cascade, config, run_info)
     assert evaluation["report"]["domains"]["woven_grid"]["cascade"]["false_positive_rate"] == 1.0
     degenerate = {**tiny_pipeline, "evaluation": evaluation}
-    for bounds in (LENIENT, QualityBounds()):
+    for bounds in (LENIENT_GATES, QualityBounds()):
         info = register(degenerate, "cpst-degenerate", bounds=bounds)
         assert info["version"] is None and not info["promoted_to_champion"]
         assert info["reason"].startswith("quality gates failed for") and "woven_grid" in info["reason"]

@@ -4,14 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -21,18 +13,10 @@ from cpst_pipeline.cascade.model import CascadeModel
 from cpst_pipeline.cascade.serving import PATH_REFUSED, ServingConfig, predict_rows
 from cpst_pipeline.data.images import load_image
 from cpst_pipeline.pipeline import registry
-from cpst_pipeline.pipeline.quality_gates import QualityBounds
-from cpst_pipeline_tests.conftest import REPO_ROOT
+from cpst_pipeline.pipeline.model_server import model_server, post_invocations
+from cpst_pipeline_tests.conftest import LENIENT_GATES
 
 MODEL_NAME = "cpst-http"
-# Six test images per domain make the tiny model's figures noise: the gates are tested elsewhere.
-LENIENT = QualityBounds(max_false_positive_rate=1.0, min_auroc=0.0, min_val_defects=0)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def strict_loads(body: bytes):
@@ -40,15 +24,6 @@ def strict_loads(body: bytes):
         raise ValueError(f"not strict JSON: {constant}")
 
     return json.loads(body, parse_constant=refuse)
-
-
-def post(url: str, payload: dict) -> tuple[int, bytes]:
-    request = urllib.request.Request(url + "/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return reply.status, reply.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 @pytest.fixture(scope="module")
@@ -61,41 +36,13 @@ def served(tiny_pipeline, tiny_demo, tmp_path_factory):
     run_id = registry.log_evaluation_run(evaluation, config)
     serving = ServingConfig(path_roots=(str(tiny_demo),))
     info = registry.register_cascade(
-        evaluation, run_id, splits[splits["split"] == "test_mix"], config, registry.RegistryConfig(MODEL_NAME, serving, LENIENT)
+        evaluation, run_id, splits[splits["split"] == "test_mix"], config, registry.RegistryConfig(MODEL_NAME, serving, LENIENT_GATES)
     )
     assert info["promoted_to_champion"]
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PYTHONPATH": str(REPO_ROOT),
-        # no activated venv: only the interpreter's own bin folder, where uvicorn lives
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-        "OMP_NUM_THREADS": "1",
-    }
-    log = open(home / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "server did not answer /ping"
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(1)
-        yield {"url": url, "serving": serving, "cascade_dir": Path(evaluation["cascade_dir"]), "splits": splits}
+        with model_server(f"models:/{MODEL_NAME}@champion", uri, home / "server.log") as url:
+            yield {"url": url, "serving": serving, "cascade_dir": Path(evaluation["cascade_dir"]), "splits": splits}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
         mp.undo()
 
 
@@ -105,7 +52,7 @@ def test_base64_images_one_corrupt_match_in_process_predict(served) -> None:
     encoded = [base64.b64encode(p.read_bytes()).decode("ascii") for p in paths]
     corrupt = base64.b64encode(paths[0].read_bytes()[:300]).decode("ascii")
     images = [*encoded[:2], corrupt, *encoded[2:]]
-    status, body = post(served["url"], {"dataframe_split": {"columns": ["image_base64"], "data": [[i] for i in images]}})
+    status, body = post_invocations(served["url"], {"dataframe_split": {"columns": ["image_base64"], "data": [[i] for i in images]}})
     assert status == 200, body[:2000]
     rows = strict_loads(body)["predictions"]
     assert len(rows) == len(images)
@@ -129,17 +76,17 @@ def test_heatmap_param_paths_and_empty_input(served) -> None:
     test = served["splits"][served["splits"]["split"] == "test_mix"]
     path = Path(test["path"].iloc[0])
     image = base64.b64encode(path.read_bytes()).decode("ascii")
-    status, body = post(served["url"], {"dataframe_records": [{"image_base64": image}], "params": {"heatmap": "png", "heatmap_size": 48}})
+    status, body = post_invocations(served["url"], {"dataframe_records": [{"image_base64": image}], "params": {"heatmap": "png", "heatmap_size": 48}})
     assert status == 200, body[:2000]
     row = strict_loads(body)["predictions"][0]
     if row["domain"] is not None:
         assert row["heatmap"].startswith("data:image/png;base64,") and len(body) < 8000
 
-    status, body = post(served["url"], {"dataframe_records": [{"path": str(path)}, {"path": "/etc/passwd"}, {"path": "/nonexistent/x.png"}]})
+    status, body = post_invocations(served["url"], {"dataframe_records": [{"path": str(path)}, {"path": "/etc/passwd"}, {"path": "/nonexistent/x.png"}]})
     assert status == 200, body[:2000]
     rows = strict_loads(body)["predictions"]
     assert rows[0]["error"] is None and rows[1]["error"] == rows[2]["error"] == PATH_REFUSED
     assert b"Traceback" not in body
 
-    status, body = post(served["url"], {"dataframe_split": {"columns": ["image_base64"], "data": []}})
+    status, body = post_invocations(served["url"], {"dataframe_split": {"columns": ["image_base64"], "data": []}})
     assert status == 200 and strict_loads(body) == {"predictions": []}
