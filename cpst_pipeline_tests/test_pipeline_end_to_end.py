@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
 from cpst_pipeline.cascade.serving import OUTPUT_COLUMNS
@@ -88,3 +88,19 @@ def test_second_run_reuses_upstream_and_registers_nothing_new(pipeline):
     assert _value(again, "evaluation_report")["directory"] == first["directory"]
     materialized = {e.asset_key for e in again.get_asset_materialization_events()}
     assert materialized == {AssetKey("evaluation_report")}
+
+
+def test_a_failing_quality_gate_blocks_registration(pipeline):
+    """The tiny model fails the default gates (six test images per domain: one domain's test FPR
+    reads 1.0): the blocking check stops the run before registered_model, and no version is added."""
+    lenient = pipeline["resources"]["settings"]
+    strict = CpstSettings(data_dir=lenient.data_dir, dataset_roots=lenient.dataset_roots, heatmap_short_side=64, gate_short_side=64)
+    versions_before = len(mlflow.MlflowClient().search_model_versions(f"name='{strict.model_name}'"))
+    again = materialize(
+        [*ALL_ASSETS, *ALL_ASSET_CHECKS], resources=pipeline_resources(strict), instance=pipeline["instance"],
+        selection=AssetSelection.assets("evaluation_report", "registered_model"), raise_on_error=False,
+    )
+    gates = next(e for e in again.get_asset_check_evaluations() if e.check_name == "model_quality_gates")
+    assert not gates.passed and gates.metadata["failed"].value
+    assert AssetKey("registered_model") not in {e.asset_key for e in again.get_asset_materialization_events()}
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{strict.model_name}'")) == versions_before

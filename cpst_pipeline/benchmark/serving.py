@@ -4,9 +4,9 @@
         --model demo data ""  --model kolektor /tmp/cpst-kolektor ../shared/datasets/KolektorSDD
 
 Each ``--model NAME DATA_DIR DATASET_ROOTS [SHORT_SIDE]`` runs the pipeline's steps into
-DATA_DIR (reusing what is cached there; empty roots = the demo dataset; SHORT_SIDE sets both
-input resolutions), registers the cascade in a benchmark-only MLflow store in DATA_DIR
-(quality gates off: this measures speed), serves it and measures, with the same test images
+DATA_DIR up to the assembled cascade (reusing what is cached there; empty roots = the demo
+dataset; SHORT_SIDE sets both input resolutions), saves it as the pyfunc model registration
+logs (same code, signature, requirements), serves that folder and measures, with the same test images
 sent as base64 both ways: latency p50/p95 per request of 1 and of 8 images, throughput with
 1 and 4 concurrent clients (single-image requests), and reply sizes without and with a
 heatmap. Writes the ``serving`` section of BENCHMARKS.md and ``benchmarks/serving.json``.
@@ -19,11 +19,13 @@ import base64
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -37,10 +39,8 @@ from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.pipeline import registry
 from cpst_pipeline.pipeline.config import PipelineConfig
 from cpst_pipeline.pipeline.model_server import model_server, post_invocations
-from cpst_pipeline.pipeline.quality_gates import QualityBounds
 
 ROOT = Path(__file__).resolve().parents[2]
-NO_GATES = QualityBounds(max_false_positive_rate=1.0, min_auroc=0.0, min_val_defects=0)
 BATCH = 8
 CLIENTS = 4
 HEATMAP = {"heatmap": "png", "heatmap_size": 64}
@@ -48,18 +48,17 @@ HEATMAP = {"heatmap": "png", "heatmap_size": 64}
 Send = Callable[[list[str], dict | None], bytes]
 
 
-def build_and_register(name: str, data_dir: Path, roots: str, short_side: int | None) -> tuple[str, PipelineConfig, dict, str]:
+def build_model(data_dir: Path, roots: str, short_side: int | None) -> tuple[PipelineConfig, dict, Path]:
+    """The pipeline's steps up to the assembled cascade, saved as the same pyfunc model that
+    registration logs (evaluation and registry are not needed to measure serving)."""
     resolution = ResolutionConfig(short_side, short_side) if short_side else ResolutionConfig()
     config = PipelineConfig(data_dir=data_dir, dataset_roots=roots, resolution=resolution)
-    result = run_pipeline(config)
-    tracking = f"sqlite:///{Path(data_dir).resolve() / 'mlflow-serving-benchmark.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = tracking
-    run_id = registry.log_evaluation_run(result["evaluation"], config)
-    splits = result["splits"]
-    info = registry.register_cascade(
-        result["evaluation"], run_id, splits[splits["split"] == "test_mix"], config, registry.RegistryConfig(f"cpst-bench-{name}", bounds=NO_GATES)
-    )
-    return tracking, config, result, info["model_uri"]
+    result = run_pipeline(config, evaluate=False)
+    model_dir = config.artifacts_dir / "serving-benchmark" / result["cascade_dir"].name
+    if not (model_dir / "MLmodel").exists():
+        with tempfile.TemporaryDirectory() as scratch:
+            mlflow.pyfunc.save_model(str(model_dir), **registry.pyfunc_model_arguments(result["cascade_dir"], ServingConfig(), Path(scratch)))
+    return config, result, model_dir
 
 
 def percentiles_ms(seconds: list[float]) -> dict:
@@ -120,14 +119,14 @@ def in_process_sender(model: CascadeModel) -> Send:
 
 
 def benchmark_model(name: str, data_dir: Path, roots: str, short_side: int | None, requests: int) -> dict:
-    tracking, config, result, model_uri = build_and_register(name, data_dir, roots, short_side)
+    config, result, model_dir = build_model(data_dir, roots, short_side)
     test = result["splits"][result["splits"]["split"] == "test_mix"]
     images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in test.sample(min(len(test), 24), random_state=0)["path"]]
-    in_process = measure(in_process_sender(CascadeModel.load(Path(result["evaluation"]["cascade_dir"]), config.device)), images, requests)
-    with model_server(model_uri, tracking, Path(data_dir) / "serving-benchmark-server.log") as url:
+    in_process = measure(in_process_sender(CascadeModel.load(result["cascade_dir"], config.device)), images, requests)
+    with model_server(str(model_dir), None, Path(data_dir) / "serving-benchmark-server.log") as url:
         served = measure(served_sender(url), images, requests)
     image_bytes = [len(base64.b64decode(i)) for i in images]
-    return {"model_uri": model_uri, "images": len(images), "mean_image_kb": float(np.mean(image_bytes) / 1024), "served": served, "in_process": in_process}
+    return {"model": str(model_dir), "images": len(images), "mean_image_kb": float(np.mean(image_bytes) / 1024), "served": served, "in_process": in_process}
 
 
 def markdown(results: dict, meta: dict) -> str:

@@ -27,18 +27,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def model_server(model_uri: str, tracking_uri: str, log_path: Path, startup_timeout_s: float = 300) -> Iterator[str]:
+def model_server(model_uri: str, tracking_uri: str | None, log_path: Path, startup_timeout_s: float = 300) -> Iterator[str]:
     """Yield the server's base URL once ``/ping`` answers; stop the server (its whole process group) after.
 
     No virtualenv is activated: PATH holds only this interpreter's folder (where uvicorn is),
     and PYTHONPATH this checkout, as ``make serve`` does."""
     port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PYTHONPATH": str(PROJECT_ROOT),
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-    }
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    if tracking_uri:  # for models:/ URIs; a local model folder needs none
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -227,16 +227,8 @@ def _log_and_register(client: MlflowClient, evaluation: dict, run_id: str, regis
     cascade_dir = Path(evaluation["cascade_dir"])
     domains = sorted(json.loads((cascade_dir / "calibration.json").read_text()))
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-        serving = registry.serving.save(Path(tmp) / "serving.json")
         info = mlflow.pyfunc.log_model(
-            name="cascade",
-            python_model=str(PYFUNC_CODE),
-            artifacts={"cascade": str(cascade_dir), "serving": str(serving)},
-            code_paths=[str(Path(cpst_pipeline.__file__).parent)],
-            pip_requirements=pinned_requirements(),
-            signature=SIGNATURE,
-            input_example=input_example(),
-            registered_model_name=registry.model_name,
+            name="cascade", registered_model_name=registry.model_name, **pyfunc_model_arguments(cascade_dir, registry.serving, Path(tmp))
         )
     version = str(info.registered_model_version)
     tags = {
@@ -248,6 +240,19 @@ def _log_and_register(client: MlflowClient, evaluation: dict, run_id: str, regis
     for key, value in tags.items():
         client.set_model_version_tag(registry.model_name, version, key, value)
     return client.get_model_version(registry.model_name, version)
+
+
+def pyfunc_model_arguments(cascade_dir: Path, serving: ServingConfig, scratch: Path) -> dict:
+    """What ``mlflow.pyfunc.log_model`` / ``save_model`` need for the cascade (``scratch`` holds
+    ``serving.json`` until MLflow has copied it)."""
+    return {
+        "python_model": str(PYFUNC_CODE),
+        "artifacts": {"cascade": str(cascade_dir), "serving": str(serving.save(scratch / "serving.json"))},
+        "code_paths": [str(Path(cpst_pipeline.__file__).parent)],
+        "pip_requirements": pinned_requirements(),
+        "signature": SIGNATURE,
+        "input_example": input_example(),
+    }
 
 
 def alias_lock_path(uri: str, model_name: str) -> Path:
