@@ -65,37 +65,47 @@ def percentiles_ms(seconds: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(seconds, 50) * 1000), "p95_ms": float(np.percentile(seconds, 95) * 1000)}
 
 
-def measure(send: Send, images: list[str], requests: int) -> dict:
-    """Latency of single-image and 8-image requests, throughput with 1 and 4 clients, reply sizes."""
-    send(images[:1], None)  # warm-up
-    single, batched = [], []
+def measure(senders: dict[str, Send], images: list[str], requests: int) -> dict[str, dict]:
+    """Per sender: latency of 1-image and 8-image requests, throughput with 1 and 4 clients, reply sizes.
+    The senders alternate request by request (and run by run for throughput), so a host that
+    speeds up or slows down during the run affects both alike."""
+    single: dict[str, list[float]] = {name: [] for name in senders}
+    batched: dict[str, list[float]] = {name: [] for name in senders}
+    for send in senders.values():
+        send(images[:1], None)  # warm-up
     for i in range(requests):
-        started = time.perf_counter()
-        send([images[i % len(images)]], None)
-        single.append(time.perf_counter() - started)
+        for name, send in senders.items():
+            started = time.perf_counter()
+            send([images[i % len(images)]], None)
+            single[name].append(time.perf_counter() - started)
     for i in range(max(requests // 2, 3)):
         chunk = [images[(i * BATCH + j) % len(images)] for j in range(BATCH)]
-        started = time.perf_counter()
-        send(chunk, None)
-        batched.append(time.perf_counter() - started)
+        for name, send in senders.items():
+            started = time.perf_counter()
+            send(chunk, None)
+            batched[name].append(time.perf_counter() - started)
 
-    def throughput(clients: int) -> float:
+    def throughput(send: Send, clients: int) -> float:
         jobs = [images[i % len(images)] for i in range(requests)]
         started = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             list(pool.map(lambda image: send([image], None), jobs))
         return len(jobs) / (time.perf_counter() - started)
 
+    rates = {(name, clients): throughput(send, clients) for clients in (1, CLIENTS) for name, send in senders.items()}
     return {
-        "single": percentiles_ms(single),
-        "batch8": percentiles_ms(batched),
-        "single_images_per_s": len(single) / sum(single),
-        "batch8_images_per_s": BATCH * len(batched) / sum(batched),
-        "clients_1_images_per_s": throughput(1),
-        f"clients_{CLIENTS}_images_per_s": throughput(CLIENTS),
-        "reply_bytes": len(send(images[:1], None)),
-        "reply_bytes_png_heatmap": len(send(images[:1], HEATMAP)),
-        "reply_bytes_array_heatmap": len(send(images[:1], {"heatmap": "array", "heatmap_size": 64})),
+        name: {
+            "single": percentiles_ms(single[name]),
+            "batch8": percentiles_ms(batched[name]),
+            "single_images_per_s": len(single[name]) / sum(single[name]),
+            "batch8_images_per_s": BATCH * len(batched[name]) / sum(batched[name]),
+            "clients_1_images_per_s": rates[name, 1],
+            f"clients_{CLIENTS}_images_per_s": rates[name, CLIENTS],
+            "reply_bytes": len(send(images[:1], None)),
+            "reply_bytes_png_heatmap": len(send(images[:1], HEATMAP)),
+            "reply_bytes_array_heatmap": len(send(images[:1], {"heatmap": "array", "heatmap_size": 64})),
+        }
+        for name, send in senders.items()
     }
 
 
@@ -122,11 +132,11 @@ def benchmark_model(name: str, data_dir: Path, roots: str, short_side: int | Non
     config, result, model_dir = build_model(data_dir, roots, short_side)
     test = result["splits"][result["splits"]["split"] == "test_mix"]
     images = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in test.sample(min(len(test), 24), random_state=0)["path"]]
-    in_process = measure(in_process_sender(CascadeModel.load(result["cascade_dir"], config.device)), images, requests)
+    in_process = in_process_sender(CascadeModel.load(result["cascade_dir"], config.device))
     with model_server(str(model_dir), None, Path(data_dir) / "serving-benchmark-server.log") as url:
-        served = measure(served_sender(url), images, requests)
+        figures = measure({"served": served_sender(url), "in_process": in_process}, images, requests)
     image_bytes = [len(base64.b64decode(i)) for i in images]
-    return {"model": str(model_dir), "images": len(images), "mean_image_kb": float(np.mean(image_bytes) / 1024), "served": served, "in_process": in_process}
+    return {"model": str(model_dir), "images": len(images), "mean_image_kb": float(np.mean(image_bytes) / 1024), **figures}
 
 
 def markdown(results: dict, meta: dict) -> str:
