@@ -3,6 +3,10 @@
     python -m cpst_pipeline.benchmark.serving \\
         --model demo data ""  --model kolektor /tmp/cpst-kolektor ../shared/datasets/KolektorSDD
 
+Run it with ``OMP_WAIT_POLICY=PASSIVE`` (inherited by the server): served and in-process
+requests alternate on shared cores, and OpenMP threads that spin after each request of one
+process slow the other's next request.
+
 Each ``--model NAME DATA_DIR DATASET_ROOTS [SHORT_SIDE]`` runs the pipeline's steps into
 DATA_DIR up to the assembled cascade (reusing what is cached there; empty roots = the demo
 dataset; SHORT_SIDE sets both input resolutions), saves it as the pyfunc model registration
@@ -145,7 +149,8 @@ def markdown(results: dict, meta: dict) -> str:
         "",
         f"`mlflow models serve` (one worker, `--env-manager local`) on 127.0.0.1 against in-process `predict` of the same "
         f"pyfunc contract (`cascade.serving.predict_rows`), the same base64 test images both ways. Host: {meta['host']}, "
-        f"{meta['cpus']} CPUs shared by server and clients, torch threads {meta['torch_threads']}, {meta['requests']} requests per figure.",
+        f"{meta['cpus']} CPUs shared by server and clients, torch threads {meta['torch_threads']}, "
+        f"OMP_WAIT_POLICY {meta['omp_wait_policy']} (inherited by the server), {meta['requests']} requests per figure.",
         "",
         "| model | mode | 1 image p50 / p95 ms | 8 images p50 / p95 ms | images/s, 1-image requests | images/s, 8-image requests | 1 client img/s | 4 clients img/s | reply bytes: none / png / array heatmap |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -181,7 +186,13 @@ def main() -> None:
         name, data_dir, roots = spec[:3]
         results[name] = benchmark_model(name, Path(data_dir), roots, int(spec[3]) if len(spec) > 3 else None, args.requests)
         print(json.dumps({name: results[name]}, indent=1), flush=True)
-    meta = {"host": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "requests": args.requests}
+    meta = {
+        "host": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "requests": args.requests,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+    }
     write_json_atomic(ROOT / "benchmarks" / "serving.json", {"meta": meta, "results": results})
     replace_section(ROOT / "BENCHMARKS.md", "serving", markdown(results, meta))
     print(markdown(results, meta))
