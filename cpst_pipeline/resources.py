@@ -11,6 +11,7 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceCon
 from cpst_pipeline.cascade.calibration import CalibrationConfig
 from cpst_pipeline.data.index_check import IndexCheckConfig
 from cpst_pipeline.data.rules import IndexRules
+from cpst_pipeline.cascade.serving import ServingConfig
 from cpst_pipeline.data.splits import SplitConfig
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import ResolutionConfig
@@ -18,6 +19,9 @@ from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig
 from cpst_pipeline.pipeline.config import PipelineConfig
 from cpst_pipeline.pipeline.parallelism import set_compute_threads
+from cpst_pipeline.pipeline.promotion import PromotionPolicy
+from cpst_pipeline.pipeline.quality_gates import QualityBounds
+from cpst_pipeline.pipeline.registry import RegistryConfig
 
 
 class CpstSettings(ConfigurableResource):
@@ -48,6 +52,16 @@ class CpstSettings(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if self.torch_threads > 0:
             set_compute_threads(self.torch_threads)
+    # Quality gates: a domain failing one blocks registration (see pipeline/quality_gates.py).
+    max_false_positive_rate: float = 0.5
+    min_auroc: float = 0.6
+    min_val_defects: int = 3
+    few_val_defects: str = "warn"  # or "fail"
+    # Promotion: a challenger that drops a champion's domain is refused unless this is on.
+    allow_dropped_domains: bool = False
+    # Comma-separated folders whose images clients of the served model may name by path; empty: none.
+    # Stored with each registered version.
+    serving_path_roots: str = os.environ.get("CPST_SERVING_PATH_ROOTS", "")
 
     def pipeline_config(self) -> PipelineConfig:
         return PipelineConfig(
@@ -67,6 +81,15 @@ class CpstSettings(ConfigurableResource):
             bank=BankConfig(coreset_ratio=self.coreset_ratio),
             calibration=CalibrationConfig(target_recall=self.target_recall, max_call_rate=self.max_heatmap_call_rate),
         )
+
+    def quality_bounds(self) -> QualityBounds:
+        if self.few_val_defects not in ("warn", "fail"):
+            raise ValueError(f"few_val_defects must be 'warn' or 'fail'; got {self.few_val_defects!r}")
+        return QualityBounds(self.max_false_positive_rate, self.min_auroc, self.min_val_defects, self.few_val_defects)
+
+    def registry_config(self) -> RegistryConfig:
+        roots = tuple(str(Path(r.strip()).resolve()) for r in self.serving_path_roots.split(",") if r.strip())
+        return RegistryConfig(self.model_name, ServingConfig(path_roots=roots), self.quality_bounds(), PromotionPolicy(self.allow_dropped_domains))
 
 
 class ArtifactIOManager(ConfigurableIOManager):

@@ -274,3 +274,26 @@ def test_images_unlike_the_given_domain_are_flagged_with_a_reason(cascade: dict,
     for path in _good(root, domain)[-3:]:
         prediction = model.predict(load_image_rgb(path), domain)
         assert prediction.reason is None and prediction.anomaly_score < UNKNOWN_DOMAIN_SCORE
+def test_batch_prediction_equals_one_at_a_time(cascade: dict) -> None:
+    model, root = cascade["model"], cascade["root"]
+    images = [
+        load_image_rgb(_good(root, "brushed_metal")[-1]),
+        load_image_rgb(_defects(root, "brushed_metal")[0]),
+        load_image_rgb(_defects(root, "speckled_tile")[0]),
+        load_image_rgb(_good(root, GATE_ONLY)[6]),
+        load_image_rgb(_good(root, "brushed_metal")[5]),  # routed
+        np.full((96, 96, 3), 255, np.uint8),  # routed to no domain
+    ]
+    domains = ["brushed_metal", "brushed_metal", "speckled_tile", GATE_ONLY, None, None]
+    batch = model.predict_batch(images, domains)
+    assert [p.domain for p in batch] == ["brushed_metal", "brushed_metal", "speckled_tile", GATE_ONLY, "brushed_metal", None]
+    for image, domain, batched in zip(images, domains, batch):
+        single = model.predict(image, domain)
+        assert (batched.domain, batched.heatmap_ran, batched.is_anomaly) == (single.domain, single.heatmap_ran, single.is_anomaly)
+        assert batched.anomaly_score == pytest.approx(single.anomaly_score, abs=1e-5)
+        if single.heatmap_ran:
+            assert batched.heatmap_score == pytest.approx(single.heatmap_score, abs=1e-4)
+            np.testing.assert_allclose(batched.anomaly_map, single.anomaly_map, atol=1e-3)
+    assert model.predict_batch([], []) == []
+    with pytest.raises(ValueError, match="'glass'"):
+        model.predict_batch(images[:2], ["brushed_metal", "glass"])

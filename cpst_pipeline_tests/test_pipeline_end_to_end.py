@@ -1,5 +1,6 @@
 """Materialize the whole asset graph on a tiny generated dataset, into temporary Dagster and MLflow homes."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -7,11 +8,13 @@ import mlflow
 import pandas as pd
 import pytest
 from PIL import Image
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
+from cpst_pipeline.cascade.serving import OUTPUT_COLUMNS
 from cpst_pipeline.definitions import pipeline_resources
 from cpst_pipeline.resources import CpstSettings
+from cpst_pipeline_tests.conftest import LENIENT_GATES
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,10 @@ def pipeline(tiny_demo, tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     (home / "dagster_home").mkdir()
     instance = DagsterInstance.local_temp(str(home / "dagster_home"))
-    settings = CpstSettings(data_dir=str(home / "data"), dataset_roots=str(tiny_demo), heatmap_short_side=64, gate_short_side=64)
+    settings = CpstSettings(
+        data_dir=str(home / "data"), dataset_roots=str(tiny_demo), heatmap_short_side=64, gate_short_side=64,
+        max_false_positive_rate=LENIENT_GATES.max_false_positive_rate, min_auroc=LENIENT_GATES.min_auroc, min_val_defects=LENIENT_GATES.min_val_defects,
+    )
     resources = pipeline_resources(settings)
     first = materialize([*ALL_ASSETS, *ALL_ASSET_CHECKS], resources=resources, instance=instance)
     yield {"home": home, "instance": instance, "resources": resources, "result": first}
@@ -36,7 +42,9 @@ def test_whole_graph_materializes_with_passing_checks(pipeline):
     result = pipeline["result"]
     assert result.success
     evaluations = result.get_asset_check_evaluations()
-    assert {e.check_name for e in evaluations} >= {"index_fit_to_train_on", "no_group_leakage", "banks_not_empty", "gate_better_than_chance"}
+    assert {e.check_name for e in evaluations} >= {
+        "index_fit_to_train_on", "no_group_leakage", "banks_not_empty", "gate_better_than_chance", "calibration_quality_gates", "model_quality_gates"
+    }
     assert all(e.passed for e in evaluations if e.check_name in {"index_fit_to_train_on", "no_group_leakage", "banks_not_empty"})
 
 
@@ -66,10 +74,12 @@ def test_model_registered_as_champion_and_scores_images(pipeline, tiny_demo):
     assert info["promoted_to_champion"]
     model = mlflow.pyfunc.load_model(f"models:/{info['model_name']}@champion")
     paths = sorted((tiny_demo / "brushed_metal" / "good").glob("*.png"))[:2]
-    out = model.predict(pd.DataFrame({"path": [str(p) for p in paths], "domain": ["brushed_metal"] * 2}))
-    assert list(out.columns) >= ["domain", "anomaly_score", "is_anomaly", "heatmap_ran"]
+    images = [base64.b64encode(p.read_bytes()).decode("ascii") for p in paths]
+    out = model.predict(pd.DataFrame({"image_base64": images, "domain": ["brushed_metal"] * 2}), params={"heatmap": "png"})
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
     for _, row in out.iterrows():
-        assert (row["heatmap"] is not None) == row["heatmap_ran"]
+        assert row["error"] is None and row["domain"] == "brushed_metal"
+        assert row["heatmap"].startswith("data:image/png;base64,")  # a heatmap was asked for
 
 
 def test_served_model_flags_a_blank_frame_and_another_product_for_the_given_domain(pipeline, tiny_demo, tmp_path):
@@ -78,7 +88,8 @@ def test_served_model_flags_a_blank_frame_and_another_product_for_the_given_doma
     blank = tmp_path / "blank.png"
     Image.new("RGB", (96, 96), (128, 128, 128)).save(blank)
     other = sorted((tiny_demo / "woven_grid" / "good").glob("*.png"))[0]
-    out = model.predict(pd.DataFrame({"path": [str(blank), str(other)], "domain": ["brushed_metal"] * 2}))
+    images = [base64.b64encode(p.read_bytes()).decode("ascii") for p in (blank, other)]
+    out = model.predict(pd.DataFrame({"image_base64": images, "domain": ["brushed_metal"] * 2}))
     assert out["is_anomaly"].tolist() == [True, True]
     assert out["reason"].str.startswith("unlike every training image of domain brushed_metal").all()
 
@@ -90,3 +101,19 @@ def test_second_run_reuses_upstream_and_registers_nothing_new(pipeline):
     assert _value(again, "evaluation_report")["directory"] == first["directory"]
     materialized = {e.asset_key for e in again.get_asset_materialization_events()}
     assert materialized == {AssetKey("evaluation_report")}
+
+
+def test_a_failing_quality_gate_blocks_registration(pipeline):
+    """The tiny model fails the default gates (six test images per domain: one domain's test FPR
+    reads 1.0): the blocking check stops the run before registered_model, and no version is added."""
+    lenient = pipeline["resources"]["settings"]
+    strict = CpstSettings(data_dir=lenient.data_dir, dataset_roots=lenient.dataset_roots, heatmap_short_side=64, gate_short_side=64)
+    versions_before = len(mlflow.MlflowClient().search_model_versions(f"name='{strict.model_name}'"))
+    again = materialize(
+        [*ALL_ASSETS, *ALL_ASSET_CHECKS], resources=pipeline_resources(strict), instance=pipeline["instance"],
+        selection=AssetSelection.assets("evaluation_report", "registered_model"), raise_on_error=False,
+    )
+    gates = next(e for e in again.get_asset_check_evaluations() if e.check_name == "model_quality_gates")
+    assert not gates.passed and gates.metadata["failed"].value
+    assert AssetKey("registered_model") not in {e.asset_key for e in again.get_asset_materialization_events()}
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{strict.model_name}'")) == versions_before

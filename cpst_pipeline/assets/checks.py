@@ -6,6 +6,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_c
 
 from cpst_pipeline.data.splits import leaked_groups
 from cpst_pipeline.pipeline import steps
+from cpst_pipeline.pipeline.quality_gates import DomainVerdict, assess_domains, evidence_from_calibration, evidence_from_evaluation
 from cpst_pipeline.resources import CpstSettings
 
 
@@ -58,4 +59,36 @@ def calibrated_recall_met(settings: CpstSettings, calibration: dict) -> AssetChe
         passed=not short,
         severity=AssetCheckSeverity.ERROR,
         metadata={"target_recall": target, "val_recall": MetadataValue.json(recalls), "below_target": MetadataValue.json(short)},
+    )
+
+
+@asset_check(
+    asset="calibration",
+    blocking=True,
+    description="No domain's calibration is degenerate (constant decision, NaN threshold, val FPR above the bound); too few val defects warns or fails.",
+)
+def calibration_quality_gates(settings: CpstSettings, calibration: dict) -> AssetCheckResult:
+    return _quality_gate_result(assess_domains(evidence_from_calibration(steps.load_calibrations(calibration)), settings.quality_bounds()))
+
+
+@asset_check(
+    asset="evaluation_report",
+    blocking=True,
+    description="Every domain passes the quality gates on test too (FPR bound, AUROC clearly above chance): else nothing is registered.",
+)
+def model_quality_gates(settings: CpstSettings, evaluation_report: dict) -> AssetCheckResult:
+    return _quality_gate_result(assess_domains(evidence_from_evaluation(evaluation_report), settings.quality_bounds()))
+
+
+def _quality_gate_result(verdicts: list[DomainVerdict]) -> AssetCheckResult:
+    """A failing domain fails the check (ERROR: blocks what follows); a warned one shows as a WARN failure."""
+    statuses = {v.status for v in verdicts}
+    return AssetCheckResult(
+        passed=statuses <= {"pass"},
+        severity=AssetCheckSeverity.ERROR if "fail" in statuses else AssetCheckSeverity.WARN,
+        metadata={
+            "failed": MetadataValue.json([v.domain for v in verdicts if v.status == "fail"]),
+            "warned": MetadataValue.json([v.domain for v in verdicts if v.status == "warn"]),
+            "verdicts": MetadataValue.md("\n".join(f"- {v.describe()}" for v in verdicts)),
+        },
     )

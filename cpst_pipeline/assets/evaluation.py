@@ -50,18 +50,22 @@ def evaluation_report(
     )
 
 
-@asset(group_name="evaluation", description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.")
+@asset(
+    group_name="evaluation",
+    description="The cascade as an MLflow pyfunc model, if every domain passes the quality gates: new version = challenger, champion by the promotion rule.",
+)
 def registered_model(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame, evaluation_report: dict) -> Output[dict]:
     test = splits[splits["split"] == "test_mix"]
     info = registry.register_cascade(
-        evaluation_report, evaluation_report["mlflow_run_id"], test, settings.pipeline_config(), settings.model_name, log=context.log.info
+        evaluation_report, evaluation_report["mlflow_run_id"], test, settings.pipeline_config(), settings.registry_config(), log=context.log.info
     )
     return Output(
         info,
         metadata={
-            "model_uri": info["model_uri"],
+            "model_uri": info["model_uri"] or "not registered",
             "champion": info["promoted_to_champion"],
             "reason": info["reason"],
+            "quality_gates": MetadataValue.json(info["quality_gates"]),
             "tracking_uri": info["tracking_uri"],
         },
     )

@@ -36,7 +36,9 @@ def tqdm_progress(description: str):
     return update
 
 
-def run_pipeline(config: PipelineConfig) -> dict:
+def run_pipeline(config: PipelineConfig, evaluate: bool = True) -> dict:
+    """Every step into ``config.data_dir``; without ``evaluate`` it stops at the assembled cascade
+    (``cascade_dir``) and ``evaluation`` is None."""
     timings = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -54,7 +56,9 @@ def run_pipeline(config: PipelineConfig) -> dict:
     calibration = timed("calibration", steps.calibrate, splits, gate, banks, config)
     cascade_dir = steps.assemble_cascade(splits, gate, banks, calibration, config)
     run_info = {"dataset": config.dataset_roots, "backbone": config.backbone.key(), "device": config.device}
-    evaluation = timed("evaluation", steps.evaluate, splits, cascade_dir, config, run_info, tqdm_progress("test images"))
+    evaluation = None
+    if evaluate:
+        evaluation = timed("evaluation", steps.evaluate, splits, cascade_dir, config, run_info, tqdm_progress("test images"))
     return {
         "splits": splits,
         "quarantined": len(index.quarantine),
@@ -62,6 +66,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         "gate": gate,
         "banks": banks,
         "calibration": calibration,
+        "cascade_dir": cascade_dir,
         "evaluation": evaluation,
         "timings": timings,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -49,7 +50,7 @@ class ImageInfo:
 def probe_image(path: str | os.PathLike, max_pixels: int | None = None) -> ImageInfo:
     """Size, mode and pixel spread of an image, after checking that it decodes completely into a
     supported mode. An image of more than ``max_pixels`` pixels is refused before it is decoded."""
-    with _open_decoded(path, max_pixels) as image:
+    with _open_decoded(path, max_pixels=max_pixels) as image:
         _check_supported_mode(path, image.mode)
         step = max(1, min(image.width, image.height) // _SPREAD_SAMPLE_SIDE)
         sample = _as_uint8(image)[::step, ::step]
@@ -71,6 +72,16 @@ def _as_uint8(image: Image.Image) -> np.ndarray:
         return _rescale_to_uint8(np.asarray(image), image.mode)
     # copies: np.asarray would be read-only
     return np.array(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """``load_image`` for an encoded image held in memory (PNG, JPEG, BMP, TIFF, ... bytes), with
+    the same checks; ``name`` stands in for the path in errors."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageReadError(name, f"expected image bytes, got {type(data).__name__}")
+    with _open_decoded(bytes(data), name) as image:
+        _check_supported_mode(name, image.mode)
+        return _as_uint8(image)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -102,18 +113,26 @@ def load_mask(
     raise ValueError(f"load_mask: unknown mask kind {mask_kind!r}; expected 'pixel' or 'boxes'")
 
 
-def _open_decoded(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Open and fully decode an image, turning every decoder failure into ImageReadError."""
+def _open_decoded(
+    source: str | os.PathLike | bytes, name: str | os.PathLike | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Open and fully decode an image file (or encoded bytes, reported as ``name``), turning every
+    decoder failure into ImageReadError. More than ``max_pixels`` pixels are refused before decoding."""
+    path = source if name is None else name
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Pillow would then pad truncated files with grey instead of failing, hiding corrupt data.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; set it back to False to read images")
+
+    def opened() -> Image.Image:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
     try:
-        is_empty = os.path.getsize(path) == 0
+        is_empty = len(source) == 0 if isinstance(source, bytes) else os.path.getsize(source) == 0
         if not is_empty:
             # verify() checks container integrity (PNG chunk CRCs, a missing IEND) that load() tolerates.
-            with Image.open(path) as image:
+            with opened() as image:
                 image.verify()
-            image = Image.open(path)
+            image = opened()
     except Exception as error:
         raise _read_error(path, error) from error
     if is_empty:
