@@ -4,6 +4,7 @@
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
+from cpst_pipeline.cascade.calibration import recall_evidence_shortfall
 from cpst_pipeline.data.splits import leaked_groups
 from cpst_pipeline.pipeline import steps
 from cpst_pipeline.pipeline.quality_gates import DomainVerdict, assess_domains, evidence_from_calibration, evidence_from_evaluation
@@ -91,4 +92,16 @@ def _quality_gate_result(verdicts: list[DomainVerdict]) -> AssetCheckResult:
             "warned": MetadataValue.json([v.domain for v in verdicts if v.status == "warn"]),
             "verdicts": MetadataValue.md("\n".join(f"- {v.describe()}" for v in verdicts)),
         },
+    )
+
+
+@asset_check(asset="calibration", description="Val holds enough defects for the target recall to be supported at 95 % confidence (warns with the count needed).")
+def calibration_evidence_sufficient(settings: CpstSettings, calibration: dict) -> AssetCheckResult:
+    shortfalls = {d: recall_evidence_shortfall(c["val"], settings.target_recall) for d, c in calibration["domains"].items()}
+    shortfalls = {d: s for d, s in shortfalls.items() if s}
+    return AssetCheckResult(
+        passed=not shortfalls,
+        severity=AssetCheckSeverity.WARN,
+        description="; ".join(f"{d}: {s}" for d, s in shortfalls.items()) or None,
+        metadata={"val_recall_ci": MetadataValue.json({d: c["val"].get("recall_ci") for d, c in calibration["domains"].items()})},
     )

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from cpst_pipeline.benchmark.cli import dataset_benchmark_parser
-from cpst_pipeline.benchmark.markdown import fmt, replace_section
+from cpst_pipeline.benchmark.markdown import fmt, interval, replace_section
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.pipeline import steps
 from cpst_pipeline.pipeline.config import PipelineConfig
@@ -90,11 +90,14 @@ def domain_rows(result: dict) -> list[dict]:
                 "image_auroc": heatmap.get("auroc"),
                 "average_precision": heatmap.get("average_precision"),
                 "pixel_auroc": section["pixel_auroc"],
+                "pro": section.get("pro"),
                 "heatmap_recall": heatmap.get("recall"),
                 "heatmap_fpr": heatmap.get("false_positive_rate"),
                 "cascade_auroc": cascade["auroc"],
                 "cascade_recall": cascade["recall"],
+                "cascade_recall_ci": cascade["recall_ci"],
                 "cascade_fpr": cascade["false_positive_rate"],
+                "cascade_fpr_ci": cascade["false_positive_rate_ci"],
                 "heatmap_call_rate": section["heatmap_call_rate"],
                 "cascade_mean_ms": latency["cascade_total"]["mean_ms"],
                 "cascade_p95_ms": latency["cascade_total"]["p95_ms"],
@@ -123,16 +126,17 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
         f"({config.backbone.weights} weights), heatmap short side {config.resolution.heatmap_short_side} px, "
         f"gate short side {config.resolution.gate_short_side} px, coreset {config.bank.coreset_ratio:.0%}, "
         f"target recall {config.calibration.target_recall}. Image AUROC/AP/pixel AUROC are the heatmap model's; "
-        "recall/FPR at the thresholds calibrated on val. Latency is per image, decode included, batch size 1.",
+        "recall/FPR at the thresholds calibrated on val, with 95 % Wilson intervals. PRO: per-region overlap up to FPR 0.3. Latency is per image, decode included, batch size 1.",
         "",
-        "| domain | test (anom.) | image AUROC | AP | pixel AUROC | heatmap recall / FPR | cascade recall / FPR | heatmap call rate | cascade ms mean / p95 | always-heatmap ms mean / p95 | gate val AUROC | train s (embed + bank) | bank patches (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| domain | test (anom.) | image AUROC | AP | pixel AUROC | PRO | heatmap recall / FPR | cascade recall / FPR | cascade recall 95 % CI | cascade FPR 95 % CI | heatmap call rate | cascade ms mean / p95 | always-heatmap ms mean / p95 | gate val AUROC | train s (embed + bank) | bank patches (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in banked:
         lines.append(
             f"| {r['domain']} | {r['test_images']} ({r['test_anomalies']}) | {fmt(r['image_auroc'])} | {fmt(r['average_precision'])} "
-            f"| {fmt(r['pixel_auroc'])} | {fmt(r['heatmap_recall'])} / {fmt(r['heatmap_fpr'])} "
-            f"| {fmt(r['cascade_recall'])} / {fmt(r['cascade_fpr'])} | {fmt(r['heatmap_call_rate'])} "
+            f"| {fmt(r['pixel_auroc'])} | {fmt(r['pro'])} | {fmt(r['heatmap_recall'])} / {fmt(r['heatmap_fpr'])} "
+            f"| {fmt(r['cascade_recall'])} / {fmt(r['cascade_fpr'])} | {interval(r['cascade_recall_ci'])} | {interval(r['cascade_fpr_ci'])} "
+            f"| {fmt(r['heatmap_call_rate'])} "
             f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} "
             f"| {fmt(r['always_heatmap_mean_ms'], '.0f')} / {fmt(r['always_heatmap_p95_ms'], '.0f')} "
             f"| {fmt(r['gate_val_auroc'])} | {fmt(r['embedding_seconds'], '.0f')} + {fmt(r['bank_build_seconds'], '.1f')} "
@@ -143,12 +147,13 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
             "",
             "Domains without normal images (no memory bank; the gate alone decides; recall only, never averaged with the above):",
             "",
-            "| domain | test anomalies | cascade recall | heatmap call rate | cascade ms mean / p95 |",
-            "|---|---|---|---|---|",
+            "| domain | test anomalies | cascade recall | cascade recall 95 % CI | heatmap call rate | cascade ms mean / p95 |",
+            "|---|---|---|---|---|---|",
         ]
         for r in unbanked:
             lines.append(
-                f"| {r['domain']} | {r['test_anomalies']} | {fmt(r['cascade_recall'])} | {fmt(r['heatmap_call_rate'])} "
+                f"| {r['domain']} | {r['test_anomalies']} | {fmt(r['cascade_recall'])} | {interval(r['cascade_recall_ci'])} "
+                f"| {fmt(r['heatmap_call_rate'])} "
                 f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} |"
             )
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items())

@@ -134,10 +134,13 @@ def _flat_metrics(report: dict) -> dict[str, float]:
                 value = (section.get(system) or {}).get(name)
                 if value is not None:
                     metrics[f"{scope}.{system}.{name}"] = float(value)
-        if section.get("heatmap_call_rate") is not None:
-            metrics[f"{scope}.heatmap_call_rate"] = float(section["heatmap_call_rate"])
-        if section.get("pixel_auroc") is not None:
-            metrics[f"{scope}.pixel_auroc"] = float(section["pixel_auroc"])
+            for name in ("recall_ci", "false_positive_rate_ci"):
+                interval = (section.get(system) or {}).get(name)
+                if interval is not None:
+                    metrics[f"{scope}.{system}.{name}_low"], metrics[f"{scope}.{system}.{name}_high"] = map(float, interval)
+        for name in ("heatmap_call_rate", "pixel_auroc", "pro"):
+            if section.get(name) is not None:
+                metrics[f"{scope}.{name}"] = float(section[name])
         for stage in ("cascade_total", "always_heatmap_total"):
             latency = section.get("latency", {}).get(stage) or {}
             if latency.get("p50_ms") is not None:
