@@ -53,7 +53,7 @@ class CpstSettings(ConfigurableResource):
         if self.torch_threads > 0:
             set_compute_threads(self.torch_threads)
     # Quality gates: a domain failing one blocks registration (see pipeline/quality_gates.py).
-    max_false_positive_rate: float = 0.5
+    max_false_positive_rate: float = 0.9
     min_auroc: float = 0.6
     min_val_defects: int = 3
     few_val_defects: str = "warn"  # or "fail"
