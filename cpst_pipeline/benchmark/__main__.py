@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from cpst_pipeline.benchmark.cli import dataset_benchmark_parser
-from cpst_pipeline.benchmark.markdown import fmt, interval, replace_section
+from cpst_pipeline.benchmark.markdown import fmt, replace_section
+from cpst_pipeline.evaluation.report import format_interval
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.pipeline import steps
 from cpst_pipeline.pipeline.config import PipelineConfig
@@ -135,7 +136,7 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
         lines.append(
             f"| {r['domain']} | {r['test_images']} ({r['test_anomalies']}) | {fmt(r['image_auroc'])} | {fmt(r['average_precision'])} "
             f"| {fmt(r['pixel_auroc'])} | {fmt(r['pro'])} | {fmt(r['heatmap_recall'])} / {fmt(r['heatmap_fpr'])} "
-            f"| {fmt(r['cascade_recall'])} / {fmt(r['cascade_fpr'])} | {interval(r['cascade_recall_ci'])} | {interval(r['cascade_fpr_ci'])} "
+            f"| {fmt(r['cascade_recall'])} / {fmt(r['cascade_fpr'])} | {format_interval(r['cascade_recall_ci'])} | {format_interval(r['cascade_fpr_ci'])} "
             f"| {fmt(r['heatmap_call_rate'])} "
             f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} "
             f"| {fmt(r['always_heatmap_mean_ms'], '.0f')} / {fmt(r['always_heatmap_p95_ms'], '.0f')} "
@@ -152,7 +153,7 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
         ]
         for r in unbanked:
             lines.append(
-                f"| {r['domain']} | {r['test_anomalies']} | {fmt(r['cascade_recall'])} | {interval(r['cascade_recall_ci'])} "
+                f"| {r['domain']} | {r['test_anomalies']} | {fmt(r['cascade_recall'])} | {format_interval(r['cascade_recall_ci'])} "
                 f"| {fmt(r['heatmap_call_rate'])} "
                 f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} |"
             )

@@ -22,6 +22,3 @@ def replace_section(path: Path, name: str, body: str) -> Path:
 def fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
-
-def interval(bounds: list[float] | None, spec: str = ".3f") -> str:
-    return "n/a" if bounds is None else f"{bounds[0]:{spec}}-{bounds[1]:{spec}}"

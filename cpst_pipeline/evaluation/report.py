@@ -114,7 +114,8 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return str(value)
 
 
-def _fmt_interval(value: Sequence[float] | None) -> str:
+def format_interval(value: Sequence[float] | None) -> str:
+    """A [low, high] interval as "low-high" text (the report's and the benchmarks' one format)."""
     return "n/a" if value is None else f"{value[0]:.3f}-{value[1]:.3f}"
 
 
@@ -143,7 +144,7 @@ def _comparison_rows(
 ) -> list[list[str]]:
     """Rows of metric label followed by one formatted cell per system."""
     rows = [
-        [label] + [(_fmt_interval if key.endswith("_ci") else _fmt)(_metric(section.get(system), key)) for system in systems]
+        [label] + [(format_interval if key.endswith("_ci") else _fmt)(_metric(section.get(system), key)) for system in systems]
         for label, key in metric_rows
     ]
     rows.append(["heatmap call rate"] + [_heatmap_call_rate(section, system) for system in systems])
