@@ -3,6 +3,7 @@
 from dagster import Definitions, in_process_executor
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
+from cpst_pipeline.executors import dask_job, in_process_job, parallel_job
 from cpst_pipeline.resources import CpstSettings, artifact_io_manager
 from cpst_pipeline.schedules import retrain_sensor
 
@@ -15,6 +16,7 @@ def pipeline_resources(settings: CpstSettings) -> dict:
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=ALL_ASSET_CHECKS,
+    jobs=[in_process_job(), parallel_job(), dask_job()],
     sensors=[retrain_sensor],
     resources=pipeline_resources(CpstSettings()),
     # One process: steps share the loaded torch/timm instead of paying a fresh import each.

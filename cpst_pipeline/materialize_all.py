@@ -14,9 +14,10 @@ Same as the three matching ``dagster asset materialize`` commands (step 2 once p
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
 from collections.abc import Sequence
 
-from dagster import AssetsDefinition, DagsterInstance, Definitions, ExecuteInProcessResult, materialize
+from dagster import AssetSelection, AssetsDefinition, DagsterInstance, Definitions, ExecuteInProcessResult, evaluate_automation_conditions, materialize
 
 from cpst_pipeline.assets.partitions import domain_partitions
 
@@ -27,25 +28,53 @@ def _keys(assets: Sequence[AssetsDefinition], partitioned: bool) -> list[str]:
     return [key.to_user_string() for a in assets for key in a.keys if (a.partitions_def is not None) == partitioned and key.to_user_string() not in INDEX_ASSETS]
 
 
-def materialize_all(defs: Definitions, instance: DagsterInstance, domains: Sequence[str] | None = None) -> list[ExecuteInProcessResult]:
-    """Run the three steps; raises at the first failed run. Returns every run's result."""
+def materialize_all(
+    defs: Definitions, instance: DagsterInstance, domains: Sequence[str] | None = None, cross_domain: Sequence[str] | None = None
+) -> list[ExecuteInProcessResult]:
+    """Run the three steps (step 3 only for ``cross_domain`` assets, if given); raises at the
+    first failed run. Returns every run's result."""
     assets, checks, resources = list(defs.assets or []), list(defs.asset_checks or []), dict(defs.resources or {})
 
-    def run(selection: list[str], partition: str | None = None) -> ExecuteInProcessResult:
+    def run(selection: list[str], partition: str | None = None) -> list[ExecuteInProcessResult]:
+        if not selection:
+            return []
         result = materialize([*assets, *checks], selection=selection, partition_key=partition, resources=resources, instance=instance)
         if not result.success:
             raise RuntimeError(f"materializing {selection} {partition or ''} failed; see the run {result.run_id} in the UI")
-        return result
+        return [result]
 
-    results = [run(list(INDEX_ASSETS))]
+    results = run(list(INDEX_ASSETS))
     known = instance.get_dynamic_partitions(domain_partitions.name)
     unknown = sorted(set(domains or []) - set(known))
     if unknown:
         raise ValueError(f"no partition for {unknown}; the index found {sorted(known)}")
-    for domain in domains or known:
-        results.append(run(_keys(assets, partitioned=True), domain))
-    results.append(run(_keys(assets, partitioned=False)))
+    for domain in known if domains is None else domains:
+        results += run(_keys(assets, partitioned=True), domain)
+    results += run(list(cross_domain) if cross_domain is not None else _keys(assets, partitioned=False))
     return results
+
+
+def rebuild_stale(defs: Definitions, instance: DagsterInstance, cursor=None, selection: AssetSelection | None = None, max_ticks: int = 12):
+    """What the retraining sensor does, in this process: tick the automation conditions and run what
+    they request (of ``selection``, default all), one run per partition, until nothing is requested.
+    Returns the runs' results and the cursor for the next call."""
+    assets, checks, resources = list(defs.assets or []), list(defs.asset_checks or []), dict(defs.resources or {})
+    results = []
+    for _ in range(max_ticks):
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection, cursor=cursor)
+        cursor = tick.cursor
+        if not tick.total_requested:
+            return results, cursor
+        by_partition = defaultdict(list)
+        for key in defs.resolve_asset_graph().get_all_asset_keys():
+            for partition in tick.get_requested_partitions(key):
+                by_partition[partition].append(key)
+        for partition, keys in by_partition.items():
+            result = materialize([*assets, *checks], selection=keys, partition_key=partition, resources=resources, instance=instance)
+            if not result.success:
+                raise RuntimeError(f"rebuilding {keys} {partition or ''} failed; see the run {result.run_id} in the UI")
+            results.append(result)
+    raise RuntimeError(f"the automation conditions still requested runs after {max_ticks} ticks")
 
 
 def main() -> None:

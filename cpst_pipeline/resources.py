@@ -8,12 +8,19 @@ from dagster import ConfigurableResource, InitResourceContext, InputContext, Met
 from upath import UPath
 
 from cpst_pipeline.cascade.calibration import CalibrationConfig
+from cpst_pipeline.data.index_check import IndexCheckConfig
+from cpst_pipeline.data.rules import IndexRules
+from cpst_pipeline.cascade.serving import ServingConfig
 from cpst_pipeline.data.splits import SplitConfig
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import ResolutionConfig
 from cpst_pipeline.patchcore.bank import BankConfig
 from cpst_pipeline.pipeline.artifact_store import read_artifact, write_artifact
 from cpst_pipeline.pipeline.config import PipelineConfig
+from cpst_pipeline.pipeline.parallelism import set_compute_threads
+from cpst_pipeline.pipeline.promotion import PromotionPolicy
+from cpst_pipeline.pipeline.quality_gates import QualityBounds
+from cpst_pipeline.pipeline.registry import RegistryConfig
 
 
 class CpstSettings(ConfigurableResource):
@@ -22,6 +29,12 @@ class CpstSettings(ConfigurableResource):
     data_dir: str = os.environ.get("CPST_DATA_DIR", "data")
     dataset_roots: str = os.environ.get("CPST_DATASET_ROOTS", "")
     device: str = os.environ.get("CPST_DEVICE", "auto")
+    # Indexing: what a usable image is (see README, "Dataset layouts").
+    min_image_short_side: int = IndexRules.min_short_side
+    max_image_pixels: int = IndexRules.max_pixels
+    blank_image_max_std: float = IndexRules.blank_max_std
+    allow_symlinks_outside_root: bool = IndexRules.allow_symlinks_outside_root
+    max_quarantine_share: float = IndexCheckConfig.max_quarantine_share
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "bundled"
     heatmap_short_side: int = 256
@@ -34,6 +47,23 @@ class CpstSettings(ConfigurableResource):
     # Where asset values live: any fsspec URL (e.g. s3://bucket/cpst for workers on several
     # machines); empty means <data_dir>/artifacts/assets.
     asset_storage: str = os.environ.get("CPST_ASSET_STORAGE", "")
+    # Threads of torch and faiss in each step process; 0 keeps their defaults (every core). Jobs that
+    # run steps side by side set it so that the steps do not oversubscribe the cores.
+    torch_threads: int = 0
+    # Quality gates: a domain failing one blocks registration (see pipeline/quality_gates.py).
+    max_false_positive_rate: float = 0.9
+    min_auroc: float = 0.6
+    min_val_defects: int = 3
+    few_val_defects: str = "warn"  # or "fail"
+    # Promotion: a challenger that drops a champion's domain is refused unless this is on.
+    allow_dropped_domains: bool = False
+    # Comma-separated folders whose images clients of the served model may name by path; empty: none.
+    # Stored with each registered version.
+    serving_path_roots: str = os.environ.get("CPST_SERVING_PATH_ROOTS", "")
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        if self.torch_threads > 0:
+            set_compute_threads(self.torch_threads)
 
     def asset_storage_path(self) -> UPath:
         if self.asset_storage:
@@ -45,12 +75,28 @@ class CpstSettings(ConfigurableResource):
             data_dir=Path(self.data_dir),
             dataset_roots=self.dataset_roots,
             device=self.device,
+            index_rules=IndexRules(
+                min_short_side=self.min_image_short_side,
+                max_pixels=self.max_image_pixels,
+                blank_max_std=self.blank_image_max_std,
+                allow_symlinks_outside_root=self.allow_symlinks_outside_root,
+            ),
+            index_check=IndexCheckConfig(max_quarantine_share=self.max_quarantine_share),
             backbone=BackboneConfig(model_name=self.backbone, weights=self.weights),
             resolution=ResolutionConfig(heatmap_short_side=self.heatmap_short_side, gate_short_side=self.gate_short_side),
             splits=SplitConfig(seed=self.split_seed),
             bank=BankConfig(coreset_ratio=self.coreset_ratio),
             calibration=CalibrationConfig(target_recall=self.target_recall, max_call_rate=self.max_heatmap_call_rate),
         )
+
+    def quality_bounds(self) -> QualityBounds:
+        if self.few_val_defects not in ("warn", "fail"):
+            raise ValueError(f"few_val_defects must be 'warn' or 'fail'; got {self.few_val_defects!r}")
+        return QualityBounds(self.max_false_positive_rate, self.min_auroc, self.min_val_defects, self.few_val_defects)
+
+    def registry_config(self) -> RegistryConfig:
+        roots = tuple(str(Path(r.strip()).resolve()) for r in self.serving_path_roots.split(",") if r.strip())
+        return RegistryConfig(self.model_name, ServingConfig(path_roots=roots), self.quality_bounds(), PromotionPolicy(self.allow_dropped_domains))
 
 
 class ArtifactStore(UPathIOManager):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cpst_pipeline.cascade.model import CascadeArtifacts, CascadeModel, save_cascade
-from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration
+from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, UNKNOWN_DOMAIN_SCORE, DomainCalibration
 from cpst_pipeline.cascade.router import DomainRouter
 from cpst_pipeline.data.images import load_image_rgb
 from cpst_pipeline.features.backbone import BackboneConfig
@@ -83,7 +83,7 @@ def cascade(tiny_demo: Path, tmp_path_factory) -> dict:
     # the router places images that come without a domain; fitted on real gate embeddings
     router_embeddings, router_domains = [], []
     for domain in (*BANKED, GATE_ONLY):
-        images = [load_image_rgb(p) for p in _good(tiny_demo, domain)[5:8]]
+        images = [load_image_rgb(p) for p in _good(tiny_demo, domain)[5:-3]]  # the last three stay unseen
         router_embeddings.append(extractor.image_embedding(extractor.batch(images, inputs[domain].gate_size)).numpy())
         router_domains += [domain] * len(images)
     router = DomainRouter.fit(np.concatenate(router_embeddings), router_domains)
@@ -253,3 +253,45 @@ def test_prediction_without_domain_follows_the_router(cascade: dict) -> None:
             assert (prediction.anomaly_score, prediction.is_anomaly) == (explicit.anomaly_score, explicit.is_anomaly)
             assert prediction.heatmap_ran == explicit.heatmap_ran
     assert outcomes[:2] == ["brushed_metal", GATE_ONLY] and outcomes[-1] is None  # both branches were exercised
+
+
+@pytest.mark.parametrize("domain", BANKED)
+def test_images_unlike_the_given_domain_are_flagged_with_a_reason(cascade: dict, domain: str) -> None:
+    model, root = cascade["model"], cascade["root"]
+    other = next(d for d in (*BANKED, GATE_ONLY) if d != domain)
+    unlike = {
+        "blank": np.full((96, 96, 3), 128, np.uint8),
+        "another product": load_image_rgb(_good(root, other)[-1]),
+    }
+    for what, image in unlike.items():
+        prediction = model.predict(image, domain)
+        assert prediction.is_anomaly and prediction.domain == domain, what
+        assert prediction.reason.startswith(f"unlike every training image of domain {domain}: distance"), what
+        assert not prediction.heatmap_ran and prediction.anomaly_map is None
+    # normal images of the domain the router never saw are scored as usual
+    for path in _good(root, domain)[-3:]:
+        prediction = model.predict(load_image_rgb(path), domain)
+        assert prediction.reason is None and prediction.anomaly_score < UNKNOWN_DOMAIN_SCORE
+def test_batch_prediction_equals_one_at_a_time(cascade: dict) -> None:
+    model, root = cascade["model"], cascade["root"]
+    images = [
+        load_image_rgb(_good(root, "brushed_metal")[-1]),
+        load_image_rgb(_defects(root, "brushed_metal")[0]),
+        load_image_rgb(_defects(root, "speckled_tile")[0]),
+        load_image_rgb(_good(root, GATE_ONLY)[6]),
+        load_image_rgb(_good(root, "brushed_metal")[5]),  # routed
+        np.full((96, 96, 3), 255, np.uint8),  # routed to no domain
+    ]
+    domains = ["brushed_metal", "brushed_metal", "speckled_tile", GATE_ONLY, None, None]
+    batch = model.predict_batch(images, domains)
+    assert [p.domain for p in batch] == ["brushed_metal", "brushed_metal", "speckled_tile", GATE_ONLY, "brushed_metal", None]
+    for image, domain, batched in zip(images, domains, batch):
+        single = model.predict(image, domain)
+        assert (batched.domain, batched.heatmap_ran, batched.is_anomaly) == (single.domain, single.heatmap_ran, single.is_anomaly)
+        assert batched.anomaly_score == pytest.approx(single.anomaly_score, abs=1e-5)
+        if single.heatmap_ran:
+            assert batched.heatmap_score == pytest.approx(single.heatmap_score, abs=1e-4)
+            np.testing.assert_allclose(batched.anomaly_map, single.anomaly_map, atol=1e-3)
+    assert model.predict_batch([], []) == []
+    with pytest.raises(ValueError, match="'glass'"):
+        model.predict_batch(images[:2], ["brushed_metal", "glass"])

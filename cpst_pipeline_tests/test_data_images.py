@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpst_pipeline.data.images import ImageInfo, ImageReadError, load_image_rgb, load_mask, probe_image
+from cpst_pipeline.data.images import ImageReadError, decode_image, load_image, load_image_rgb, load_mask, probe_image
 
 
 def save(path: Path, image: Image.Image, **options) -> Path:
@@ -55,7 +55,14 @@ def test_float_image_in_unit_range_spans_0_to_255(tmp_path: Path) -> None:
 
 def test_probe_reports_size_and_mode(tmp_path: Path) -> None:
     path = save(tmp_path / "grey.png", noise_rgb(30, 50).convert("L"))
-    assert probe_image(path) == ImageInfo(width=50, height=30, mode="L")
+    info = probe_image(path)
+    assert (info.width, info.height, info.mode) == (50, 30, "L") and info.pixel_std > 40  # noise
+
+
+def test_probe_refuses_more_pixels_than_allowed_before_decoding(tmp_path: Path) -> None:
+    path = save(tmp_path / "grey.png", noise_rgb(30, 50).convert("L"))
+    with pytest.raises(ImageReadError, match="image too large: 50x30 = 1,500 pixels, above max_pixels 1,000"):
+        probe_image(path, max_pixels=1000)
 
 
 @pytest.mark.parametrize("format, suffix", [("JPEG", ".jpg"), ("PNG", ".png")])
@@ -91,6 +98,29 @@ def test_non_images_raise_with_reason(tmp_path: Path, content: bytes, reason: st
 def test_missing_file_raises_image_read_error(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="file not found"):
         probe_image(tmp_path / "absent.png")
+
+
+@pytest.mark.parametrize("mode, format", [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("P", "BMP")])
+def test_bytes_decode_like_files(tmp_path: Path, mode: str, format: str) -> None:
+    data = encoded(noise_rgb().convert(mode), format)
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(decode_image(data), load_image(path))
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "unreadable: not an image file"),
+        (encoded(noise_rgb(), "PNG")[:900], "truncated image"),
+        ("aGVsbG8=", "expected image bytes, got str"),
+    ],
+)
+def test_bad_bytes_raise_with_reason_and_name(data, reason: str) -> None:
+    with pytest.raises(ImageReadError, match=reason) as error:
+        decode_image(data, name="row 3")
+    assert error.value.path == "row 3"
 
 
 def test_pixel_mask_marks_any_nonzero_channel(tmp_path: Path) -> None:

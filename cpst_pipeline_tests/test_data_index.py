@@ -39,7 +39,7 @@ def test_index_columns_ids_and_order(tmp_path: Path) -> None:
     assert list(zip(index["domain"], index["path"])) == sorted(zip(index["domain"], index["path"]))
     row = index.iloc[0]
     assert row["image_id"] == hashlib.sha1(row["path"].encode()).hexdigest()[:16]
-    assert (row["width"], row["height"], row["mode"]) == (16, 12, "L")
+    assert (row["width"], row["height"], row["mode"]) == (40, 32, "L")
     assert index["content_hash"].str.len().eq(32).all() and index["content_hash"].is_unique
     normal = index[index["label"] == "normal"].iloc[0]
     assert normal["mask_path"] is None and normal["mask_kind"] is None  # None, not NaN
@@ -59,14 +59,28 @@ def test_kolektor_parts_and_byte_identical_folders_share_a_group(tmp_path: Path)
     assert list(groups["kos02"]) == ["kolektor/kos02"]
 
 
-def test_duplicates_across_domains_keep_both_rows_in_one_group(tmp_path: Path) -> None:
+def test_duplicates_in_one_domain_with_one_label_share_a_group(tmp_path: Path) -> None:
+    root = make_generic(tmp_path / "data", "metal")
+    shutil.copy(root / "metal" / "good" / "a.png", root / "metal" / "good" / "copy.png")
+    index = index_of(root).index
+    copies = index[index["path"].str.endswith(("metal/good/a.png", "metal/good/copy.png"))]
+    assert len(copies) == 2 and copies["group_id"].nunique() == 1
+    assert copies["group_id"].iloc[0] == "metal/good/a.png"
+
+
+def test_duplicates_across_domains_or_labels_are_quarantined_together(tmp_path: Path) -> None:
     root = make_generic(tmp_path / "data", "metal")
     make_generic(root, "wood")
     shutil.copy(root / "metal" / "good" / "a.png", root / "wood" / "good" / "copy.png")
-    index = index_of(root).index
-    copies = index[index["path"].str.endswith(("metal/good/a.png", "wood/good/copy.png"))]
-    assert len(copies) == 2 and copies["group_id"].nunique() == 1
-    assert copies["group_id"].iloc[0] == "metal/good/a.png"
+    shutil.copy(root / "metal" / "good" / "b.png", root / "metal" / "scratch" / "b_again.png")
+    result = index_of(root)
+    copies = ["metal/good/a.png", "wood/good/copy.png", "metal/good/b.png", "metal/scratch/b_again.png"]
+    assert {str(root / path) for path in copies}.isdisjoint(result.index["path"])
+    found = reasons(result)
+    assert found["a.png"] == f"same image in domains metal and wood: same bytes as {root / 'wood' / 'good' / 'copy.png'}"
+    assert found["copy.png"].startswith("same image in domains metal and wood: ")
+    assert found["b.png"].startswith("label conflict: labelled anomaly and normal, same bytes as ")
+    assert found["b_again.png"].endswith(f"same bytes as {root / 'metal' / 'good' / 'b.png'}")
 
 
 def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
@@ -85,7 +99,7 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
     assert reasons(result) == {
         "cut.jpg": "truncated image",
         "text.png": "unreadable: not an image file or an unsupported format",
-        "wrong_size.png": "mask size 100x80 does not match image 16x12",
+        "wrong_size.png": "mask size 100x80 does not match image 40x32",
         "broken.png": "mask unreadable: empty file",
         "empty_domain": "domain has no images",
     }
@@ -95,18 +109,18 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
 
 def test_16bit_png_is_indexed(tmp_path: Path) -> None:
     root = make_generic(tmp_path / "data", "metal")
-    deep = np.linspace(0, 65535, 16 * 12).reshape(12, 16).astype(np.uint16)
+    deep = np.linspace(0, 65535, 40 * 32).reshape(32, 40).astype(np.uint16)
     Image.fromarray(deep).save(root / "metal" / "good" / "deep.png")
     index = index_of(root).index
     row = index[index["path"].str.endswith("deep.png")].iloc[0]
-    assert row["mode"].startswith("I") and (row["width"], row["height"]) == (16, 12)
+    assert row["mode"].startswith("I") and (row["width"], row["height"]) == (40, 32)
 
 
 def test_overlapping_roots_index_each_file_once(tmp_path: Path) -> None:
     root = make_generic(tmp_path / "data", "metal")
     result = build_index([DatasetRoot(root), DatasetRoot(root / "metal", "generic")])
     assert len(result.index) == 5 and result.index["path"].is_unique
-    assert set(result.quarantine["reason"]) == {"duplicate path"} and len(result.quarantine) == 5
+    assert result.quarantine.empty and result.account["path"].is_unique
 
 
 def test_progress_reports_every_image(tmp_path: Path) -> None:
@@ -137,7 +151,9 @@ def test_unrecognised_root_is_quarantined_while_others_are_indexed(tmp_path: Pat
     write_image(loose / "x.png")
     result = index_of(make_neu(tmp_path / "NEU-DET"), loose)
     assert len(result.index) == 3
-    assert list(result.quarantine["path"]) == [str(loose)]
+    assert list(result.quarantine["path"]) == [str(loose), str(loose / "x.png")]
+    assert list(result.quarantine["kind"]) == ["folder", "file"]
     assert "match a known dataset layout" in result.quarantine["reason"].iloc[0]
+    assert result.quarantine["reason"].iloc[1] == "image outside the layout's image folders"
     with pytest.raises(ValueError, match="no usable image.*match a known dataset layout"):
         index_of(loose)

@@ -22,7 +22,7 @@ from cpst_pipeline.data.layouts import (
     parse_dataset_roots,
 )
 
-WIDTH, HEIGHT = 16, 12
+WIDTH, HEIGHT = 40, 32  # the smallest size indexing accepts is 32 px on the short side
 _unique_seeds = count()
 
 

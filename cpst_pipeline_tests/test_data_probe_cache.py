@@ -29,12 +29,12 @@ def test_new_and_changed_files_are_read(tmp_path: Path) -> None:
     root, cache = make_generic(tmp_path / "data"), tmp_path / "probes.parquet"
     before = index_with_cache(root, cache).index.set_index("path")
     changed = root / "metal" / "good" / "a.png"
-    write_image(changed, size=(20, 10))
+    write_image(changed, size=(48, 40))
     write_image(root / "metal" / "good" / "new.png")
     after = index_with_cache(root, cache)
     assert after.images_read == 2
     row = after.index.set_index("path").loc[str(changed)]
-    assert (row["width"], row["height"]) == (20, 10)
+    assert (row["width"], row["height"]) == (48, 40)
     assert row["content_hash"] != before.loc[str(changed), "content_hash"]
 
 

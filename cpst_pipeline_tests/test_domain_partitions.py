@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterRun, evaluate_automation_conditions, materialize
+from dagster import DagsterRun, materialize
 
-from cpst_pipeline.materialize_all import materialize_all
+from cpst_pipeline.materialize_all import materialize_all, rebuild_stale
 from cpst_pipeline_tests.conftest import REPO_ROOT
 from cpst_pipeline_tests.test_pipeline_end_to_end import project
 
@@ -27,24 +27,13 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 
 
 def _rebuild_stale(defs, instance, cursor):
-    """Tick the automation conditions and run what they request until nothing is; returns
-    {asset: {partition: materialization metadata}} and the cursor."""
+    """The retraining sensor's work; returns {asset: {partition: materialization metadata}} and the cursor."""
+    results, cursor = rebuild_stale(defs, instance, cursor)
     materialized = defaultdict(dict)
-    for _ in range(12):
-        result = evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-        cursor = result.cursor
-        if not result.total_requested:
-            return materialized, cursor
-        by_partition = defaultdict(list)
-        for key in defs.resolve_asset_graph().get_all_asset_keys():
-            for partition in result.get_requested_partitions(key):
-                by_partition[partition].append(key)
-        for partition, keys in by_partition.items():
-            run = materialize([*defs.assets], selection=keys, partition_key=partition, resources=defs.resources, instance=instance)
-            assert run.success
-            for event in run.get_asset_materialization_events():
-                materialized[event.asset_key.to_user_string()][event.partition] = event.materialization.metadata
-    raise AssertionError("the automation kept requesting runs")
+    for run in results:
+        for event in run.get_asset_materialization_events():
+            materialized[event.asset_key.to_user_string()][event.partition] = event.materialization.metadata
+    return materialized, cursor
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -17,8 +18,10 @@ from safetensors.torch import save_file
 
 from cpst_pipeline.data.images import as_rgb, load_image, load_image_rgb
 from cpst_pipeline.features.backbone import (
+    BUNDLED_MODELS,
     BUNDLED_WEIGHTS_MODEL,
     BackboneConfig,
+    _full_model_weights,
     _map_in_order,
     bundled_weights_path,
     create_feature_network,
@@ -134,6 +137,23 @@ def test_bundled_weights_really_load(extractor: FeatureExtractor) -> None:
     assert not extractor.network.training
 
 
+# ImageNet class 652, "military uniform": the classic label of matplotlib's Grace Hopper photo.
+MILITARY_UNIFORM = 652
+
+
+@pytest.mark.parametrize("model_name", BUNDLED_MODELS)
+def test_bundled_weights_classify_a_known_image(model_name: str) -> None:
+    """The in-order renaming is right only if the whole network still classifies correctly."""
+    network = timm.create_model(model_name, pretrained=False)
+    network.load_state_dict(_full_model_weights(BackboneConfig(model_name=model_name)))
+    size = network.default_cfg["input_size"][1:]
+    photo = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB").resize(size)
+    pixels = (torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0) - 0.5) / 0.5  # Lite: mean = std = 0.5
+    with torch.no_grad():
+        logits = network.eval()(pixels.permute(2, 0, 1)[None])
+    assert int(logits.argmax()) == MILITARY_UNIFORM
+
+
 def test_map_in_order_renames_in_order() -> None:
     source = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
     target = {"x.weight": torch.empty(2, 3), "y.bias": torch.empty(4)}
@@ -191,7 +211,7 @@ def test_local_checkpoint_nested_state_dict_and_missing_file(tmp_path: Path, ran
 
 
 def test_bundled_weights_only_for_lite0() -> None:
-    with pytest.raises(ValueError, match="bundled weights exist only for tf_efficientnet_lite0"):
+    with pytest.raises(ValueError, match="bundled weights exist only for tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2"):
         create_feature_network(BackboneConfig(model_name="resnet18", weights="bundled", feature_layers=(1, 2)))
 
 

@@ -12,7 +12,14 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "cpst_pipeline"
 # The Dagster layer: everything else is the library and must import without Dagster.
-DAGSTER_LAYER = ("cpst_pipeline.assets", "cpst_pipeline.definitions", "cpst_pipeline.materialize_all", "cpst_pipeline.resources", "cpst_pipeline.schedules")
+DAGSTER_LAYER = (
+    "cpst_pipeline.assets",
+    "cpst_pipeline.definitions",
+    "cpst_pipeline.executors",
+    "cpst_pipeline.materialize_all",
+    "cpst_pipeline.resources",
+    "cpst_pipeline.schedules",
+)
 PICKLING_MODULES = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib"}
 
 

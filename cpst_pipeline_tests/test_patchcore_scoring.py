@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -134,13 +135,28 @@ def test_search_exact_matches_brute_force() -> None:
     assert bank.search_exact(queries[:2], k=900)[1].shape == (2, 500)
 
 
+def test_bfloat16_search_returns_true_distances_that_bound_the_exact_ones() -> None:
+    rng = np.random.default_rng(8)
+    bank = _bank(rng.normal(size=(3000, 32)))
+    queries = rng.normal(size=(600, 32)).astype(np.float32)
+    distances, ids = bank.search_bfloat16(queries, chunk=128)
+    exact, exact_ids = bank.search_exact(queries, k=1)
+    np.testing.assert_allclose(distances, np.linalg.norm(queries - bank.features[ids], axis=1), rtol=1e-5)
+    assert (distances >= exact[:, 0] - 1e-5).all()
+    assert (ids == exact_ids[:, 0]).mean() > 0.9  # only near-ties are ranked wrongly
+
+
 @pytest.mark.parametrize("with_stats", [False, True])
-def test_approximate_index_keeps_the_image_score_exact(with_stats: bool) -> None:
+@pytest.mark.parametrize("search", ["ivf", "bfloat16"])
+def test_approximate_search_keeps_the_image_score_exact(with_stats: bool, search: str) -> None:
     rng = np.random.default_rng(5)
     points = rng.normal(size=(4000, 16)).astype(np.float32)
-    # One probed list of 63 on unclustered data: most queries get a farther bank patch than the nearest.
-    approximate = MemoryBank(points, build_faiss_index(points, "ivf", ivf_nprobe=1))
     exact = _bank(points)
+    if search == "ivf":
+        # One probed list of 63 on unclustered data: most queries get a farther bank patch than the nearest.
+        approximate = MemoryBank(points, build_faiss_index(points, "ivf", ivf_nprobe=1))
+    else:
+        approximate = _bank(points)
     if with_stats:
         stats = PositionStats(rng.uniform(1.0, 2.0, size=(8, 10)).astype(np.float32), rng.uniform(0.2, 1.0, size=(8, 10)).astype(np.float32))
         approximate.position_stats = exact.position_stats = stats
@@ -148,9 +164,11 @@ def test_approximate_index_keeps_the_image_score_exact(with_stats: bool) -> None
     patches[5, 2] += 6.0
     config = ScoringConfig(reweight_neighbors=9)
 
-    unrefined = approximate.search(patches.reshape(-1, 16), k=1)[0][:, 0]
-    assert (unrefined > exact.search(patches.reshape(-1, 16), k=1)[0][:, 0] + 1e-4).mean() > 0.5
-    fast, reference = score_patches(approximate, patches, config), score_patches(exact, patches, config)
+    if search == "ivf":
+        unrefined = approximate.search(patches.reshape(-1, 16), k=1)[0][:, 0]
+        assert (unrefined > exact.search(patches.reshape(-1, 16), k=1)[0][:, 0] + 1e-4).mean() > 0.5
+    fast = score_patches(approximate, patches, replace(config, search="index" if search == "ivf" else "bfloat16"))
+    reference = score_patches(exact, patches, config)
 
     assert fast.image_score == pytest.approx(reference.image_score, rel=1e-5)
     assert fast.grid.max() == pytest.approx(reference.grid.max(), rel=1e-5)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cpst_pipeline.data.images import load_mask
-from cpst_pipeline.data.index import build_index
+from cpst_pipeline.data.index import IndexResult, build_index
 from cpst_pipeline.data.layouts import DatasetRoot
 from cpst_pipeline.data.splits import SplitConfig, assign_splits, domains_without_normals, leaked_groups
 
@@ -18,11 +19,27 @@ pytestmark = pytest.mark.skipif(not DATASETS.is_dir(), reason=f"real datasets no
 
 
 @pytest.fixture(scope="module")
-def index() -> pd.DataFrame:
+def indexed() -> IndexResult:
     # The whole folder as one root: each dataset's layout is detected on its own.
     result = build_index([DatasetRoot(DATASETS)])
     assert result.quarantine.empty, result.quarantine.to_string()
-    return result.index
+    return result
+
+
+@pytest.fixture(scope="module")
+def index(indexed: IndexResult) -> pd.DataFrame:
+    return indexed.index
+
+
+def test_every_file_is_accounted_for(indexed: IndexResult) -> None:
+    on_disk = sum(len(files) for _, _, files in os.walk(DATASETS))
+    summary = indexed.summary()
+    assert summary.files_seen == on_disk
+    # 3,543 images; their 2,591 masks and box files; Magnetic-tile's 952 (empty) MT_Free masks and
+    # the datasets' README are ignored by name.
+    assert summary.files_by_outcome == {"indexed": 3543, "quarantined": 0, "mask_of_indexed": 2591, "ignored": 953}
+    ignored = {(r.rule, r.files) for r in summary.rules if r.outcome == "ignored"}
+    assert ignored == {("companion of an indexed image (same name), not used", 952), ("notes or metadata file", 1)}
 
 
 @pytest.mark.parametrize(

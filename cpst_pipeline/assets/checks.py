@@ -2,13 +2,37 @@
 
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, MetadataValue, asset_check
 
 from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.cascade.calibration import recall_evidence_shortfall
+from cpst_pipeline.cascade.model import CascadeArtifacts
 from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.data.splits import leaked_groups
 from cpst_pipeline.patchcore.bank import MemoryBank
+from cpst_pipeline.pipeline.cross_domain import EvaluationReport
+from cpst_pipeline.pipeline.dataset import check_indexed
+from cpst_pipeline.pipeline.quality_gates import DomainVerdict, assess_domains, evidence_from_calibration, evidence_from_evaluation
 from cpst_pipeline.resources import CpstSettings
+
+
+@asset_check(
+    asset="dataset_index",
+    blocking=True,
+    description="No domain has more than max_quarantine_share of its files quarantined, and no byte-identical images disagree on label or domain.",
+)
+def index_fit_to_train_on(settings: CpstSettings, dataset_index: pd.DataFrame) -> AssetCheckResult:
+    check = check_indexed(dataset_index, settings.pipeline_config())
+    return AssetCheckResult(
+        passed=check.passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=check.message,
+        metadata={
+            "quarantine_share": MetadataValue.json(check.quarantine_share),
+            "over_bound": MetadataValue.json(check.over_bound),
+            "conflicting_files": MetadataValue.json(check.conflicting_files),
+        },
+    )
 
 
 @asset_check(asset="splits", description="No physical part (group) appears in more than one of train / val / test.")
@@ -32,4 +56,53 @@ def calibrated_recall_met(settings: CpstSettings, calibration: DomainCalibration
         passed=recall is None or recall >= target,
         severity=AssetCheckSeverity.ERROR,
         metadata={"target_recall": target, "val_recall": MetadataValue.text("n/a") if recall is None else MetadataValue.float(recall)},
+    )
+
+
+@asset_check(
+    asset="calibration",
+    partitions_def=domain_partitions,
+    blocking=True,
+    description="The domain's calibration is not degenerate (constant decision, NaN threshold, val FPR above the bound); too few val defects warns or fails.",
+)
+def calibration_quality_gates(settings: CpstSettings, calibration: DomainCalibration) -> AssetCheckResult:
+    return _quality_gate_result(assess_domains(evidence_from_calibration({calibration.domain: calibration}), settings.quality_bounds()))
+
+
+@asset_check(
+    asset="calibration",
+    partitions_def=domain_partitions,
+    description="Val holds enough defects for the target recall to be supported at 95 % confidence (warns with the count needed).",
+)
+def calibration_evidence_sufficient(settings: CpstSettings, calibration: DomainCalibration) -> AssetCheckResult:
+    shortfall = recall_evidence_shortfall(calibration.val, settings.target_recall)
+    return AssetCheckResult(
+        passed=shortfall is None,
+        severity=AssetCheckSeverity.WARN,
+        description=shortfall,
+        metadata={"val_recall_ci": MetadataValue.json(calibration.val.get("recall_ci"))},
+    )
+
+
+@asset_check(
+    asset="evaluation_report",
+    additional_ins={"cascade": AssetIn("cascade")},
+    blocking=True,
+    description="Every domain passes the quality gates on test too (FPR bound, AUROC clearly above chance): else nothing is registered.",
+)
+def model_quality_gates(settings: CpstSettings, evaluation_report: EvaluationReport, cascade: CascadeArtifacts) -> AssetCheckResult:
+    return _quality_gate_result(assess_domains(evidence_from_evaluation(cascade.calibrations, evaluation_report.report), settings.quality_bounds()))
+
+
+def _quality_gate_result(verdicts: list[DomainVerdict]) -> AssetCheckResult:
+    """A failing domain fails the check (ERROR: blocks what follows); a warned one shows as a WARN failure."""
+    statuses = {v.status for v in verdicts}
+    return AssetCheckResult(
+        passed=statuses <= {"pass"},
+        severity=AssetCheckSeverity.ERROR if "fail" in statuses else AssetCheckSeverity.WARN,
+        metadata={
+            "failed": MetadataValue.json([v.domain for v in verdicts if v.status == "fail"]),
+            "warned": MetadataValue.json([v.domain for v in verdicts if v.status == "warn"]),
+            "verdicts": MetadataValue.md("\n".join(f"- {v.describe()}" for v in verdicts)),
+        },
     )

@@ -8,7 +8,7 @@ from cpst_pipeline.assets.automation import reindex_weekly
 from cpst_pipeline.assets.metadata import progress_logger
 from cpst_pipeline.assets.partitions import domain_partitions
 from cpst_pipeline.data.splits import domains_without_normals, leaked_groups, split_summary
-from cpst_pipeline.pipeline.dataset import frame_version, index_datasets, split_dataset
+from cpst_pipeline.pipeline.dataset import ACCOUNT_FILE, QUARANTINE_FILE, frame_version, index_datasets, split_dataset
 from cpst_pipeline.resources import CpstSettings
 
 
@@ -53,9 +53,9 @@ def dataset_index_and_splits(context: AssetExecutionContext, settings: CpstSetti
     found: a domain's partition never exists without its rows in ``splits``."""
     config = settings.pipeline_config()
     result = index_datasets(config, progress_logger(context, "indexing images"))
-    quarantine = result.quarantine
+    quarantine, summary = result.quarantine, result.summary()
     if len(quarantine):
-        context.log.warning(f"{len(quarantine)} files quarantined; see quarantine.parquet")
+        context.log.warning(f"{len(quarantine)} files or folders quarantined; see {QUARANTINE_FILE}")
     frame = split_dataset(result.index, config)
     no_bank = domains_without_normals(frame)
     for domain in no_bank:
@@ -68,9 +68,13 @@ def dataset_index_and_splits(context: AssetExecutionContext, settings: CpstSetti
             "images": len(result.index),
             "images_read": MetadataValue.int(result.images_read),
             "domains": MetadataValue.md(_counts_markdown(result.index, ["domain"], "label")),
+            "files_seen": summary.files_seen,
+            "files_by_outcome": MetadataValue.json(summary.files_by_outcome),
+            "files_by_rule": MetadataValue.md(summary.markdown()),
+            "account_path": MetadataValue.path(str(config.artifacts_dir / ACCOUNT_FILE)),
             "quarantined": len(quarantine),
             "quarantine": MetadataValue.md(quarantine.head(50).to_markdown(index=False) if len(quarantine) else "none"),
-            "quarantine_path": MetadataValue.path(str(config.artifacts_dir / "quarantine.parquet")),
+            "quarantine_path": MetadataValue.path(str(config.artifacts_dir / QUARANTINE_FILE)),
         },
     )
     yield Output(

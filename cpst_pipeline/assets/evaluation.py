@@ -78,7 +78,7 @@ def evaluation_report(
         "target_recall": config.calibration.target_recall,
     }
     report = evaluate_cascade(cascade, test_rows(embeddings), config, run_info, progress_logger(context, "scoring test images"))
-    run_id = log_report(report, config)
+    run_id = log_report(cascade, report, config)
     overall = report.report["overall"] or {}
     summary = overall.get("cascade") or {}
     return Output(
@@ -96,7 +96,7 @@ def evaluation_report(
 @cross_domain_asset(
     automation_condition=rebuild_when_cascade_changes(),
     code_version="1",
-    description="The cascade as an MLflow pyfunc model: new version = challenger, champion if at least as good.",
+    description="The cascade as an MLflow pyfunc model, if every domain passes the quality gates: new version = challenger, champion by the promotion rule.",
 )
 def registered_model(
     context: AssetExecutionContext,
@@ -105,13 +105,14 @@ def registered_model(
     cascade: CascadeArtifacts,
     evaluation_report: EvaluationReport,
 ) -> Output[dict]:
-    info = register_model(cascade, evaluation_report, test_rows(embeddings), settings.pipeline_config(), settings.model_name, log=context.log.info)
+    info = register_model(cascade, evaluation_report, test_rows(embeddings), settings.pipeline_config(), settings.registry_config(), log=context.log.info)
     return Output(
         info,
         metadata={
-            "model_uri": info["model_uri"],
+            "model_uri": info["model_uri"] or "not registered",
             "champion": info["promoted_to_champion"],
             "reason": info["reason"],
+            "quality_gates": MetadataValue.json(info["quality_gates"]),
             "tracking_uri": info["tracking_uri"],
         },
     )

@@ -2,77 +2,32 @@
 
     python -m cpst_pipeline.benchmark --data ../shared/datasets
 
-Runs the pipeline's own steps (index, splits, embeddings, gate, banks, calibration,
-test-split evaluation) into ``--work`` and writes the per-domain table to BENCHMARKS.md
+Materializes the project's assets (index, splits, each domain's embeddings, gate, bank and
+calibration, the router, the cascade and its test-split report; no registration) into ``--work`` and writes the per-domain table to BENCHMARKS.md
 and the full figures to ``benchmarks/quality.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from cpst_pipeline.benchmark.cli import dataset_benchmark_parser
+from cpst_pipeline.benchmark.pipeline_run import PipelineRun, run_pipeline
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
+from cpst_pipeline.evaluation.report import format_interval
 from cpst_pipeline.io_utils import write_json_atomic
-from cpst_pipeline.pipeline import steps
-from cpst_pipeline.pipeline.config import PipelineConfig
+from cpst_pipeline.resources import CpstSettings
 
 
-def tqdm_progress(description: str):
-    bar = tqdm(desc=description, unit="img", leave=False)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
-
-
-def run_pipeline(config: PipelineConfig) -> dict:
-    timings = {}
-
-    def timed(name, fn, *args, **kwargs):
-        started = time.perf_counter()
-        result = fn(*args, **kwargs)
-        timings[name] = round(time.perf_counter() - started, 2)
-        print(f"{name}: {timings[name]} s", flush=True)
-        return result
-
-    index = timed("index", steps.index_datasets, config, tqdm_progress("indexing"))
-    splits = timed("splits", steps.split_dataset, index.index, config)
-    embedded = timed("embeddings", steps.embed_images, splits, config, log=lambda m: tqdm.write(m))
-    gate = timed("gate", steps.fit_gate, splits, config)
-    banks = timed("banks", steps.build_banks, splits, config)
-    calibration = timed("calibration", steps.calibrate, splits, gate, banks, config)
-    cascade_dir = steps.assemble_cascade(splits, gate, banks, calibration, config)
-    run_info = {"dataset": config.dataset_roots, "backbone": config.backbone.key(), "device": config.device}
-    evaluation = timed("evaluation", steps.evaluate, splits, cascade_dir, config, run_info, tqdm_progress("test images"))
-    return {
-        "splits": splits,
-        "quarantined": len(index.quarantine),
-        "embeddings": embedded,
-        "gate": gate,
-        "banks": banks,
-        "calibration": calibration,
-        "evaluation": evaluation,
-        "timings": timings,
-    }
-
-
-def domain_rows(result: dict) -> list[dict]:
-    report = result["evaluation"]["report"]
-    splits = result["splits"]
+def domain_rows(run: PipelineRun) -> list[dict]:
+    report, splits, done = run.report.report, run.splits, run.materialized
+    banks = run.banks
     rows = []
     for domain, section in report["domains"].items():
-        bank = result["banks"]["banks"].get(domain)
+        bank = banks.get(domain)
         cascade, heatmap = section["cascade"], section["always_heatmap"] or {}
         latency = section["latency"]
         train_images = splits[(splits["domain"] == domain) & splits["split"].isin(["train_normal", "train_mix"])]
@@ -85,29 +40,33 @@ def domain_rows(result: dict) -> list[dict]:
                 "image_auroc": heatmap.get("auroc"),
                 "average_precision": heatmap.get("average_precision"),
                 "pixel_auroc": section["pixel_auroc"],
+                "pro": section.get("pro"),
                 "heatmap_recall": heatmap.get("recall"),
                 "heatmap_fpr": heatmap.get("false_positive_rate"),
                 "cascade_auroc": cascade["auroc"],
                 "cascade_recall": cascade["recall"],
+                "cascade_recall_ci": cascade["recall_ci"],
                 "cascade_fpr": cascade["false_positive_rate"],
+                "cascade_fpr_ci": cascade["false_positive_rate_ci"],
                 "heatmap_call_rate": section["heatmap_call_rate"],
                 "cascade_mean_ms": latency["cascade_total"]["mean_ms"],
                 "cascade_p95_ms": latency["cascade_total"]["p95_ms"],
                 "always_heatmap_mean_ms": (latency.get("always_heatmap_total") or {}).get("mean_ms"),
                 "always_heatmap_p95_ms": (latency.get("always_heatmap_total") or {}).get("p95_ms"),
-                "gate_val_auroc": result["gate"]["val_auroc_by_domain"].get(domain),
+                "gate_val_auroc": done.metadata[("gate_model", domain)]["val_auroc"],
                 "train_images": int(len(train_images)),
-                "embedding_seconds": result["embeddings"]["seconds"].get(domain),
-                "bank_build_seconds": bank["build_seconds"] if bank else None,
-                "bank_patches": bank["coreset_patches"] if bank else None,
-                "bank_megabytes": bank["bytes"] / 2**20 if bank else None,
+                "embedding_seconds": done.partition_seconds.get(("embeddings", domain)),
+                "bank_build_seconds": bank.meta["build_seconds"] if bank else None,
+                "bank_patches": bank.meta["coreset_patches"] if bank else None,
+                "bank_megabytes": bank.features.nbytes / 2**20 if bank else None,
                 "notes": section.get("notes", []),
             }
         )
     return rows
 
 
-def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> str:
+def markdown_table(rows: list[dict], run: PipelineRun) -> str:
+    config = run.config
     banked = [r for r in rows if r["has_bank"]]
     unbanked = [r for r in rows if not r["has_bank"]]
     lines = [
@@ -118,16 +77,17 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
         f"({config.backbone.weights} weights), heatmap short side {config.resolution.heatmap_short_side} px, "
         f"gate short side {config.resolution.gate_short_side} px, coreset {config.bank.coreset_ratio:.0%}, "
         f"target recall {config.calibration.target_recall}. Image AUROC/AP/pixel AUROC are the heatmap model's; "
-        "recall/FPR at the thresholds calibrated on val. Latency is per image, decode included, batch size 1.",
+        "recall/FPR at the thresholds calibrated on val, with 95 % Wilson intervals. PRO: per-region overlap up to FPR 0.3. Latency is per image, decode included, batch size 1.",
         "",
-        "| domain | test (anom.) | image AUROC | AP | pixel AUROC | heatmap recall / FPR | cascade recall / FPR | heatmap call rate | cascade ms mean / p95 | always-heatmap ms mean / p95 | gate val AUROC | train s (embed + bank) | bank patches (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| domain | test (anom.) | image AUROC | AP | pixel AUROC | PRO | heatmap recall / FPR | cascade recall / FPR | cascade recall 95 % CI | cascade FPR 95 % CI | heatmap call rate | cascade ms mean / p95 | always-heatmap ms mean / p95 | gate val AUROC | train s (embed + bank) | bank patches (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in banked:
         lines.append(
             f"| {r['domain']} | {r['test_images']} ({r['test_anomalies']}) | {fmt(r['image_auroc'])} | {fmt(r['average_precision'])} "
-            f"| {fmt(r['pixel_auroc'])} | {fmt(r['heatmap_recall'])} / {fmt(r['heatmap_fpr'])} "
-            f"| {fmt(r['cascade_recall'])} / {fmt(r['cascade_fpr'])} | {fmt(r['heatmap_call_rate'])} "
+            f"| {fmt(r['pixel_auroc'])} | {fmt(r['pro'])} | {fmt(r['heatmap_recall'])} / {fmt(r['heatmap_fpr'])} "
+            f"| {fmt(r['cascade_recall'])} / {fmt(r['cascade_fpr'])} | {format_interval(r['cascade_recall_ci'])} | {format_interval(r['cascade_fpr_ci'])} "
+            f"| {fmt(r['heatmap_call_rate'])} "
             f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} "
             f"| {fmt(r['always_heatmap_mean_ms'], '.0f')} / {fmt(r['always_heatmap_p95_ms'], '.0f')} "
             f"| {fmt(r['gate_val_auroc'])} | {fmt(r['embedding_seconds'], '.0f')} + {fmt(r['bank_build_seconds'], '.1f')} "
@@ -138,33 +98,31 @@ def markdown_table(rows: list[dict], result: dict, config: PipelineConfig) -> st
             "",
             "Domains without normal images (no memory bank; the gate alone decides; recall only, never averaged with the above):",
             "",
-            "| domain | test anomalies | cascade recall | heatmap call rate | cascade ms mean / p95 |",
-            "|---|---|---|---|---|",
+            "| domain | test anomalies | cascade recall | cascade recall 95 % CI | heatmap call rate | cascade ms mean / p95 |",
+            "|---|---|---|---|---|---|",
         ]
         for r in unbanked:
             lines.append(
-                f"| {r['domain']} | {r['test_anomalies']} | {fmt(r['cascade_recall'])} | {fmt(r['heatmap_call_rate'])} "
+                f"| {r['domain']} | {r['test_anomalies']} | {fmt(r['cascade_recall'])} | {format_interval(r['cascade_recall_ci'])} "
+                f"| {fmt(r['heatmap_call_rate'])} "
                 f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} |"
             )
-    timings = ", ".join(f"{k} {v:.0f} s" for k, v in result["timings"].items())
-    lines += ["", f"Pipeline wall time on this run: {timings}."]
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in run.materialized.seconds.items())
+    lines += ["", f"Step times on this run (Dagster step durations, summed over domain partitions): {timings}."]
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="dataset roots, as CPST_DATASET_ROOTS (e.g. ../shared/datasets)")
-    parser.add_argument("--work", default="data/benchmark", help="folder for caches and artifacts")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser = dataset_benchmark_parser(__doc__)
     parser.add_argument("--json", default="benchmarks/quality.json")
     args = parser.parse_args()
-    config = PipelineConfig(data_dir=Path(args.work), dataset_roots=str(Path(args.data).resolve()), device=args.device)
-    result = run_pipeline(config)
-    rows = domain_rows(result)
-    table = markdown_table(rows, result, config)
+    settings = CpstSettings(data_dir=str(Path(args.work).resolve()), dataset_roots=str(Path(args.data).resolve()), device=args.device)
+    run = run_pipeline(settings)
+    rows = domain_rows(run)
+    table = markdown_table(rows, run)
     print(table)
-    write_json_atomic(args.json, {"domains": rows, "timings": result["timings"], "calibration": result["calibration"]["domains"]})
+    calibrations = {d: c.to_dict() for d, c in run.calibrations.items()}
+    write_json_atomic(args.json, {"domains": rows, "timings": dict(run.materialized.seconds), "calibration": calibrations})
     replace_section(Path(args.output), "quality", table)
 
 

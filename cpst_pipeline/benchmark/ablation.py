@@ -22,15 +22,16 @@ from tqdm import tqdm
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.data.images import load_mask
 from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, auroc
-from cpst_pipeline.features.embed import DomainInputs, embed_domain, patch_kind
+from cpst_pipeline.features.embed import DomainInputs, domain_input_sizes, embed_domain, patch_kind
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
 from cpst_pipeline.patchcore.training import fit_memory_bank
-from cpst_pipeline.pipeline import steps
 from cpst_pipeline.pipeline.config import PipelineConfig
+from cpst_pipeline.pipeline.dataset import index_datasets, split_dataset
+from cpst_pipeline.pipeline.domain_images import stored_features
 
 REFERENCE_TRAIN_IMAGES = 64
 # A smaller bank makes the kNN search, the heatmap path's largest cost, proportionally cheaper.
@@ -47,14 +48,14 @@ class Variant:
 
 def fit_variant_bank(config: PipelineConfig, splits: pd.DataFrame, domain: str, variant: Variant) -> MemoryBank:
     rows = splits[splits["domain"] == domain]
-    inputs = DomainInputs(heatmap_size=variant.heatmap_size, gate_size=steps.input_sizes(splits, config)[domain].gate_size)
+    inputs = DomainInputs(heatmap_size=variant.heatmap_size, gate_size=domain_input_sizes(splits, config.resolution)[domain].gate_size)
     extractor = FeatureExtractor(config.backbone, config.device)
     embed_domain(FeatureStore(config.features_dir), config.backbone, lambda: extractor, rows, inputs, True, config.batch_size)
     normal = rows[rows["split"] == "train_normal"].drop_duplicates("content_hash").sort_values("content_hash")
     if variant.bank_images is not None:
         normal = normal.sample(n=min(variant.bank_images, len(normal)), random_state=0)
     kind = patch_kind(config.backbone.key(), variant.heatmap_size)
-    return fit_memory_bank(steps.stored_features(config, kind, normal), normal["group_id"].tolist(), variant.bank)
+    return fit_memory_bank(stored_features(config, kind, normal), normal["group_id"].tolist(), variant.bank)
 
 
 def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, variant: Variant, bank: MemoryBank) -> dict:
@@ -63,7 +64,7 @@ def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, varian
     labels = (val["label"] == "anomaly").to_numpy().astype(int)
     kind = patch_kind(config.backbone.key(), variant.heatmap_size)
     image_scores, pixels = [], PixelAurocAccumulator(stride=2)
-    for record, features in zip(val.itertuples(index=False), steps.stored_features(config, kind, val)):
+    for record, features in zip(val.itertuples(index=False), stored_features(config, kind, val)):
         scores = score_patches(bank, features, variant.scoring)
         image_scores.append(scores.image_score)
         if record.mask_kind == "pixel" or record.label == "normal":
@@ -98,10 +99,10 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/ablation.json")
     args = parser.parse_args()
     config = PipelineConfig(data_dir=Path(args.work), dataset_roots=str(Path(args.data).resolve()), device=args.device)
-    splits = steps.split_dataset(steps.index_datasets(config).index, config)
+    splits = split_dataset(index_datasets(config).index, config)
     masked = splits[(splits["split"] == "val_mix") & (splits["mask_kind"] == "pixel")]["domain"].unique()
     banked = [d for d in sorted(masked) if (splits[(splits["domain"] == d)]["split"] == "train_normal").any()]
-    sizes = steps.input_sizes(splits, config)
+    sizes = domain_input_sizes(splits, config.resolution)
     results = {}
     for domain in banked:
         banks = {}  # variants that differ only in scoring share one bank

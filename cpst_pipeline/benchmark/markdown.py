@@ -21,3 +21,4 @@ def replace_section(path: Path, name: str, body: str) -> Path:
 
 def fmt(value, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
+

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cpst_pipeline.cascade.policy import DomainCalibration
+from cpst_pipeline.evaluation.intervals import trials_needed, wilson_interval
 from cpst_pipeline.evaluation.metrics import threshold_for_recall
 
 
@@ -165,11 +166,31 @@ def _val_summary(calibration: DomainCalibration, labels: np.ndarray, gate_scores
     if normalised is not None:
         decisions = np.where(calls, normalised >= calibration.heatmap_threshold, decisions)
     n_pos, n_neg = int(labels.sum()), int((labels == 0).sum())
+    found, false_alarms = int(decisions[labels == 1].sum()), int(decisions[labels == 0].sum())
+    recall_ci, fpr_ci = wilson_interval(found, n_pos), wilson_interval(false_alarms, n_neg)
     return {
         "n": int(len(labels)),
         "n_anomaly": n_pos,
         "n_normal": n_neg,
-        "recall": float(decisions[labels == 1].mean()) if n_pos else None,
-        "false_positive_rate": float(decisions[labels == 0].mean()) if n_neg else None,
+        "recall": found / n_pos if n_pos else None,
+        "recall_ci": recall_ci.as_list() if recall_ci else None,
+        "false_positive_rate": false_alarms / n_neg if n_neg else None,
+        "false_positive_rate_ci": fpr_ci.as_list() if fpr_ci else None,
         "heatmap_call_rate": float(calls.mean()) if len(calls) else 0.0,
     }
+
+
+def recall_evidence_shortfall(val: dict, target_recall: float) -> str | None:
+    """Why a domain's val split cannot support ``target_recall`` at 95 % confidence, or None if it can.
+
+    The target is supported when the lower end of the val recall's Wilson interval reaches it.
+    """
+    if not val.get("n_anomaly"):
+        return "no defects in val: recall cannot be measured"
+    low, high = val["recall_ci"]
+    if low >= target_recall:
+        return None
+    return (
+        f"val recall {val['recall']:.3f} on {val['n_anomaly']} defects, 95 % interval {low:.3f}-{high:.3f}: too wide to "
+        f"support the target {target_recall}; at least {trials_needed(target_recall)} defects are needed (all found)"
+    )

@@ -13,11 +13,12 @@ import pandas as pd
 from cpst_pipeline.cascade.model import CascadeModel
 from cpst_pipeline.data.images import load_image, load_mask
 from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, classification_metrics, latency_summary, threshold_sweep
+from cpst_pipeline.evaluation.pro import ProAccumulator
 from cpst_pipeline.evaluation.plots import plot_heatmap_overlays, plot_pr, plot_roc, plot_score_histograms, plot_threshold_sweep
 
 GATE_STAGES = ("gate_backbone", "gate_head")
 HEATMAP_STAGES = ("heatmap_backbone", "knn", "map")
-# Pixel AUROC on every 2nd pixel in each direction: same curve, a quarter of the memory.
+# Pixel AUROC and PRO on every 2nd pixel in each direction: same curves, a quarter of the memory.
 PIXEL_STRIDE = 2
 
 
@@ -25,6 +26,7 @@ PIXEL_STRIDE = 2
 class TestRun:
     rows: pd.DataFrame
     pixel_auroc: dict[str, float | None]
+    pro: dict[str, float | None]
     overlay_samples: dict[str, list[dict]] = field(default_factory=dict)
 
 
@@ -43,7 +45,7 @@ def run_test_split(
     Latencies are measured per stage on each image; the cascade's total counts the heatmap
     stages only for images the gate escalated.
     """
-    rows, accumulators, samples = [], {}, {}
+    rows, accumulators, pro, samples = [], {}, {}, {}
     for position, record in enumerate(test.itertuples(index=False)):
         started = time.perf_counter()
         image = load_image(record.path)
@@ -80,16 +82,17 @@ def run_test_split(
         )
         # One mask read serves both the pixel AUROC and the overlay sample.
         mask = load_mask(record.mask_path, record.mask_kind, size=(image.shape[1], image.shape[0])) if has_heatmap and pd.notna(record.mask_path) else None
-        if has_heatmap and record.mask_kind == "pixel":
+        if has_heatmap and (record.mask_kind == "pixel" or (record.label == "normal" and record.domain in accumulators)):
             accumulators.setdefault(record.domain, PixelAurocAccumulator(PIXEL_STRIDE)).add(mask, prediction.anomaly_map)
-        elif has_heatmap and record.label == "normal" and record.domain in accumulators:
-            accumulators[record.domain].add(None, prediction.anomaly_map)
+            pro.setdefault(record.domain, ProAccumulator(PIXEL_STRIDE)).add(mask, prediction.anomaly_map)
         if has_heatmap and len(samples.setdefault(record.domain, [])) < samples_per_domain and _want_sample(samples[record.domain], record.label):
             title = f"{record.domain} {record.defect_type} score {prediction.heatmap_score:.2f}"
             samples[record.domain].append({"image": image, "heatmap": prediction.anomaly_map, "mask": mask, "title": title, "label": record.label})
         if progress:
             progress(position + 1, len(test))
-    return TestRun(pd.DataFrame(rows), {d: a.result() for d, a in accumulators.items()}, samples)
+    return TestRun(
+        pd.DataFrame(rows), {d: a.result() for d, a in accumulators.items()}, {d: a.result() for d, a in pro.items()}, samples
+    )
 
 
 def _want_sample(chosen: list[dict], label: str) -> bool:
@@ -98,7 +101,7 @@ def _want_sample(chosen: list[dict], label: str) -> bool:
     return label == "anomaly" or not has_normal
 
 
-def _section(rows: pd.DataFrame, pixel_auroc: float | None, has_bank: bool, notes: list[str]) -> dict:
+def _section(rows: pd.DataFrame, pixel_auroc: float | None, pro: float | None, has_bank: bool, notes: list[str]) -> dict:
     y = rows["label"].to_numpy()
     banked = rows[rows["heatmap_score"].notna()]
     section = {
@@ -114,6 +117,7 @@ def _section(rows: pd.DataFrame, pixel_auroc: float | None, has_bank: bool, note
             **{stage: latency_summary(rows[f"{stage}_s"].dropna()) for stage in GATE_STAGES + HEATMAP_STAGES},
         },
         "pixel_auroc": pixel_auroc,
+        "pro": pro,
         "routing": {
             "accuracy": float((rows["routed_domain"] == rows["domain"]).mean()),
             "unknown_rate": float((rows["routed_domain"] == "unknown").mean()),
@@ -136,11 +140,11 @@ def build_report(run: TestRun, model: CascadeModel, run_info: dict) -> dict:
         notes = list(calibration.notes)
         if domain_rows["label"].nunique() < 2:
             notes.append("test split holds one class only: AUROC/AP are undefined, recall is reported on its own")
-        domains[domain] = _section(domain_rows, run.pixel_auroc.get(domain), calibration.has_bank, notes)
+        domains[domain] = _section(domain_rows, run.pixel_auroc.get(domain), run.pro.get(domain), calibration.has_bank, notes)
     banked_domains = [d for d, s in domains.items() if s["has_bank"]]
     overall_rows = rows[rows["domain"].isin(banked_domains)]
     overall_notes = [f"pooled over domains with a memory bank: {', '.join(banked_domains)}"]
-    overall = _section(overall_rows, None, True, overall_notes) if len(overall_rows) else None
+    overall = _section(overall_rows, None, None, True, overall_notes) if len(overall_rows) else None
     sweeps = {
         f"{domain} heatmap": threshold_sweep(r["label"], r["heatmap_score"], 20).to_dict("records")
         for domain, r in rows.groupby("domain")

@@ -1,46 +1,25 @@
 """MLflow "model from code" for the cascade: MLflow stores this file, not a pickled object.
 
-Input: a DataFrame with a ``path`` column (image file) and, optionally, ``domain``; where the
-domain is missing the model's router picks it, and an image that fits no known domain comes
-back with ``domain`` None and ``is_anomaly`` True (flagged for review).
-Output, one row per image: ``domain``, ``anomaly_score``, ``is_anomaly``, ``heatmap_ran``,
-``gate_score``, ``heatmap_score`` and ``heatmap`` (an (H, W) float32 array, or None when
-the gate decided alone).
+The request and reply contract lives in ``cpst_pipeline.cascade.serving`` (image bytes, base64
+or, where enabled, confined server paths in; one JSON-safe row with an ``error`` column out).
 """
 
 from __future__ import annotations
 
 import mlflow
-import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from cpst_pipeline.cascade.model import CascadeModel
-from cpst_pipeline.data.images import load_image
+from cpst_pipeline.cascade.serving import ServingConfig, predict_rows
 
 
 class CascadePyfunc(PythonModel):
     def load_context(self, context) -> None:
         self.model = CascadeModel.load(context.artifacts["cascade"])
+        self.config = ServingConfig.load(context.artifacts["serving"])
 
     def predict(self, context, model_input, params=None):
-        if "path" not in model_input.columns:
-            raise ValueError(f"input needs a 'path' column (and optionally 'domain'); got {list(model_input.columns)}")
-        domains = model_input["domain"] if "domain" in model_input.columns else [None] * len(model_input)
-        rows = []
-        for path, domain in zip(model_input["path"], domains):
-            prediction = self.model.predict(load_image(path), domain if isinstance(domain, str) else None)
-            rows.append(
-                {
-                    "domain": prediction.domain,
-                    "anomaly_score": prediction.anomaly_score,
-                    "is_anomaly": prediction.is_anomaly,
-                    "heatmap_ran": prediction.heatmap_ran,
-                    "gate_score": prediction.gate_score,
-                    "heatmap_score": prediction.heatmap_score,
-                    "heatmap": prediction.anomaly_map,
-                }
-            )
-        return pd.DataFrame(rows)
+        return predict_rows(self.model, model_input, params, self.config)
 
 
 mlflow.models.set_model(CascadePyfunc())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +22,12 @@ _PILLOW_RGB_MODES = frozenset(
 _GREY_MODES = frozenset({"1", "L", "LA"})
 # Modes deeper than 8 bits: rescaled to 0-255 by us, because Pillow's own conversion clips them.
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Blank detection looks at about this many pixels along the short side: plenty for a spread.
+_SPREAD_SAMPLE_SIDE = 256
+
+# The ``max_pixels`` limit below turns an oversized image into a clear ImageReadError before it is
+# decoded; Pillow's own warning about the same image would only add noise to the logs.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageReadError(ValueError):
@@ -36,13 +44,17 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    pixel_std: float  # spread of the 0-255 pixel values: near 0 for a blank frame
 
 
-def probe_image(path: str | os.PathLike) -> ImageInfo:
-    """Size and mode of an image, after checking that it decodes completely into a supported mode."""
-    with _open_decoded(path) as image:
+def probe_image(path: str | os.PathLike, max_pixels: int | None = None) -> ImageInfo:
+    """Size, mode and pixel spread of an image, after checking that it decodes completely into a
+    supported mode. An image of more than ``max_pixels`` pixels is refused before it is decoded."""
+    with _open_decoded(path, max_pixels=max_pixels) as image:
         _check_supported_mode(path, image.mode)
-        return ImageInfo(width=image.width, height=image.height, mode=image.mode)
+        step = max(1, min(image.width, image.height) // _SPREAD_SAMPLE_SIDE)
+        sample = _as_uint8(image)[::step, ::step]
+        return ImageInfo(width=image.width, height=image.height, mode=image.mode, pixel_std=float(sample.std()))
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -52,10 +64,24 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     with _open_decoded(path) as image:
         _check_supported_mode(path, image.mode)
-        if image.mode in _HIGH_DEPTH_MODES:
-            return _rescale_to_uint8(np.asarray(image), image.mode)
-        # copies: np.asarray would be read-only
-        return np.array(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
+        return _as_uint8(image)
+
+
+def _as_uint8(image: Image.Image) -> np.ndarray:
+    if image.mode in _HIGH_DEPTH_MODES:
+        return _rescale_to_uint8(np.asarray(image), image.mode)
+    # copies: np.asarray would be read-only
+    return np.array(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """``load_image`` for an encoded image held in memory (PNG, JPEG, BMP, TIFF, ... bytes), with
+    the same checks; ``name`` stands in for the path in errors."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageReadError(name, f"expected image bytes, got {type(data).__name__}")
+    with _open_decoded(bytes(data), name) as image:
+        _check_supported_mode(name, image.mode)
+        return _as_uint8(image)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
@@ -87,22 +113,33 @@ def load_mask(
     raise ValueError(f"load_mask: unknown mask kind {mask_kind!r}; expected 'pixel' or 'boxes'")
 
 
-def _open_decoded(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image, turning every decoder failure into ImageReadError."""
+def _open_decoded(
+    source: str | os.PathLike | bytes, name: str | os.PathLike | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Open and fully decode an image file (or encoded bytes, reported as ``name``), turning every
+    decoder failure into ImageReadError. More than ``max_pixels`` pixels are refused before decoding."""
+    path = source if name is None else name
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Pillow would then pad truncated files with grey instead of failing, hiding corrupt data.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; set it back to False to read images")
+
+    def opened() -> Image.Image:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
     try:
-        is_empty = os.path.getsize(path) == 0
+        is_empty = len(source) == 0 if isinstance(source, bytes) else os.path.getsize(source) == 0
         if not is_empty:
             # verify() checks container integrity (PNG chunk CRCs, a missing IEND) that load() tolerates.
-            with Image.open(path) as image:
+            with opened() as image:
                 image.verify()
-            image = Image.open(path)
+            image = opened()
     except Exception as error:
         raise _read_error(path, error) from error
     if is_empty:
         raise ImageReadError(path, "empty file")
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        image.close()
+        raise ImageReadError(path, too_large_reason(image.width, image.height, max_pixels))
     try:
         image.load()
     except Exception as error:
@@ -111,11 +148,17 @@ def _open_decoded(path: str | os.PathLike) -> Image.Image:
     return image
 
 
+def too_large_reason(width: int, height: int, max_pixels: int) -> str:
+    return f"image too large: {width}x{height} = {width * height:,} pixels, above max_pixels {max_pixels:,}"
+
+
 def _read_error(path: str | os.PathLike, error: Exception) -> ImageReadError:
     # Pillow's decoders signal corrupt data with many exception types (OSError, SyntaxError,
     # struct.error, IndexError, ...); all of them mean the same thing to us.
     if isinstance(error, UnidentifiedImageError):
         return ImageReadError(path, "unreadable: not an image file or an unsupported format")
+    if isinstance(error, Image.DecompressionBombError):
+        return ImageReadError(path, f"image too large: {error}")
     if isinstance(error, FileNotFoundError):
         return ImageReadError(path, "unreadable: file not found")
     if "truncated" in str(error).lower():

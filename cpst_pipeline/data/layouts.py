@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 from cpst_pipeline.data.images import ImageReadError, MaskKind, load_mask
+from cpst_pipeline.data.rules import IMAGE_SUFFIXES
 
 Label = Literal["normal", "anomaly"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL_DEFECT_TYPE = "good"
 # Stems of mask images that some layouts keep beside the images they belong to.
-_MASK_STEM_SUFFIXES = ("_mask", "_label")
+MASK_STEM_SUFFIXES = ("_mask", "_label")
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _image_files(folder: Path | None) -> list[Path]:
     if folder is None or not folder.is_dir():
         return []
     return sorted(
-        p for p in folder.iterdir() if _is_image_file(p) and not p.stem.lower().endswith(_MASK_STEM_SUFFIXES)
+        p for p in folder.iterdir() if _is_image_file(p) and not p.stem.lower().endswith(MASK_STEM_SUFFIXES)
     )
 
 

@@ -44,6 +44,7 @@ class Probe:
     width: int
     height: int
     mode: str
+    pixel_std: float
     content_hash: str
 
 
@@ -67,7 +68,7 @@ class ProbeCache:
             for row in _read_or_empty(self.path).itertuples(index=False):
                 mask_path, mask_kind = (value if isinstance(value, str) else None for value in (row.mask_path, row.mask_kind))
                 stamps = FileStamps(row.size, row.mtime_ns, row.mask_size, row.mask_mtime_ns)
-                self._known[(row.path, mask_path, mask_kind, stamps)] = Probe(row.width, row.height, row.mode, row.content_hash)
+                self._known[(row.path, mask_path, mask_kind, stamps)] = Probe(row.width, row.height, row.mode, row.pixel_std, row.content_hash)
 
     def lookup(self, path: str, mask_path: str | None, mask_kind: str | None) -> tuple[CacheKey | None, Probe | None]:
         """The file's key (None: not cacheable) and its probe from the last run, if unchanged."""

@@ -16,6 +16,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from cpst_pipeline.evaluation.intervals import wilson_interval
+
 # Anomalous pixels compared per searchsorted call in PixelAurocAccumulator.result():
 # bounds the int64 temporaries to ~16 MB regardless of how many pixels were added.
 _PIXEL_BLOCK = 1_000_000
@@ -82,7 +84,8 @@ def classification_metrics(y_true: ArrayLike, scores: ArrayLike, decisions: Arra
     """Threshold metrics of ``decisions`` plus ranking metrics of ``scores``.
 
     Returns n, n_anomaly, n_normal, accuracy, precision, recall, f1, false_positive_rate,
-    auroc, average_precision, confusion {tn, fp, fn, tp} and notes (why a value is None).
+    recall_ci and false_positive_rate_ci (95 % Wilson intervals, [low, high]), auroc,
+    average_precision, confusion {tn, fp, fn, tp} and notes (why a value is None).
     F1 is None whenever precision or recall is undefined.
     """
     y, s = labels_and_scores(y_true, scores)
@@ -114,11 +117,18 @@ def classification_metrics(y_true: ArrayLike, scores: ArrayLike, decisions: Arra
         "recall": recall,
         "f1": f1,
         "false_positive_rate": fpr,
+        "recall_ci": _interval(tp, tp + fn),
+        "false_positive_rate_ci": _interval(fp, fp + tn),
         "auroc": None if one_class else float(roc_auc_score(y, s)),
         "average_precision": None if one_class else float(average_precision_score(y, s)),
         "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
         "notes": notes,
     }
+
+
+def _interval(successes: int, trials: int) -> list[float] | None:
+    interval = wilson_interval(successes, trials)
+    return None if interval is None else interval.as_list()
 
 
 def _count_at_or_above(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

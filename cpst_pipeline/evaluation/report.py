@@ -23,6 +23,7 @@ The ``report`` dict (plain JSON-like data; ``metrics`` = ``classification_metric
             "decode": summary, "gate": summary, "heatmap": summary, ...   # any further stages
         },
         "pixel_auroc": float | None,    # heatmap model, over the domain's test pixels
+        "pro": float | None,            # heatmap model, per-region overlap up to FPR 0.3 (optional)
         "has_bank": bool,               # optional, domains only
         "notes": [str],                 # optional free-text caveats
     }
@@ -54,7 +55,9 @@ _HEADLINE_METRICS = (
     ("AUROC", "auroc"),
     ("AP", "average_precision"),
     ("recall", "recall"),
+    ("recall 95 % CI", "recall_ci"),
     ("FPR", "false_positive_rate"),
+    ("FPR 95 % CI", "false_positive_rate_ci"),
     ("F1", "f1"),
 )
 _DETAIL_METRICS = (
@@ -62,7 +65,9 @@ _DETAIL_METRICS = (
     ("AP", "average_precision"),
     ("precision", "precision"),
     ("recall", "recall"),
+    ("recall 95 % CI", "recall_ci"),
     ("FPR", "false_positive_rate"),
+    ("FPR 95 % CI", "false_positive_rate_ci"),
     ("F1", "f1"),
     ("accuracy", "accuracy"),
     ("n", "n"),
@@ -109,6 +114,11 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return str(value)
 
 
+def format_interval(value: Sequence[float] | None) -> str:
+    """A [low, high] interval as "low-high" text (the report's and the benchmarks' one format)."""
+    return "n/a" if value is None else f"{value[0]:.3f}-{value[1]:.3f}"
+
+
 def _metric(metrics: Mapping[str, Any] | None, key: str) -> Any:
     value: Any = metrics
     for part in key.split("."):
@@ -134,15 +144,17 @@ def _comparison_rows(
 ) -> list[list[str]]:
     """Rows of metric label followed by one formatted cell per system."""
     rows = [
-        [label] + [_fmt(_metric(section.get(system), key)) for system in systems] for label, key in metric_rows
+        [label] + [(format_interval if key.endswith("_ci") else _fmt)(_metric(section.get(system), key)) for system in systems]
+        for label, key in metric_rows
     ]
     rows.append(["heatmap call rate"] + [_heatmap_call_rate(section, system) for system in systems])
     for stat in ("p50_ms", "p95_ms"):
         label = f"latency {stat.removesuffix('_ms')} (ms)"
         rows.append([label] + [_latency(section, f"{system}_total", stat) for system in systems])
-    # Pixel AUROC measures the heatmap model itself, so it belongs to the always-heatmap column.
-    pixel = _fmt(section.get("pixel_auroc"))
-    rows.append(["pixel AUROC"] + [pixel if system == "always_heatmap" else _NOT_APPLICABLE for system in systems])
+    # Localisation measures the heatmap model itself, so it belongs to the always-heatmap column.
+    for label, key in (("pixel AUROC", "pixel_auroc"), ("PRO (FPR <= 0.3)", "pro")):
+        value = _fmt(section.get(key))
+        rows.append([label] + [value if system == "always_heatmap" else _NOT_APPLICABLE for system in systems])
     return rows
 
 
@@ -208,6 +220,7 @@ _DOMAIN_OVERVIEW_HEADERS = (
     "p50 cascade (ms)",
     "p50 always heatmap (ms)",
     "pixel AUROC",
+    "PRO (FPR <= 0.3)",
 )
 
 
@@ -228,6 +241,7 @@ def _domain_overview_row(name: str, section: Mapping[str, Any]) -> list[str]:
         _latency(section, "cascade_total", "p50_ms"),
         _latency(section, "always_heatmap_total", "p50_ms"),
         _fmt(section.get("pixel_auroc")),
+        _fmt(section.get("pro")),
     ]
 
 

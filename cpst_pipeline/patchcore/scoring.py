@@ -23,6 +23,10 @@ class ScoringConfig:
     map_sigma: float = 4.0
     # Standardise distances per grid position with the bank's held-out statistics.
     position_stats: bool = True
+    # "index": the bank's faiss index. "bfloat16": one bfloat16 product over the whole bank
+    # (MemoryBank.search_bfloat16); either way the worst patches are refined exactly when
+    # the first search is approximate, so image scores stay exact.
+    search: str = "index"
 
 
 @dataclass
@@ -76,14 +80,19 @@ def score_patches(bank: MemoryBank, patches: np.ndarray, config: ScoringConfig) 
     """``patches`` (h, w, D) of one image -> per-patch distances and the image score."""
     height, width, dim = patches.shape
     flat = np.ascontiguousarray(patches.reshape(-1, dim), dtype=np.float32)
-    distances, nearest = (column[:, 0].copy() for column in bank.search(flat, k=1))
+    if config.search == "bfloat16":
+        distances, nearest = bank.search_bfloat16(flat)
+    elif config.search == "index":
+        distances, nearest = (column[:, 0].copy() for column in bank.search(flat, k=1))
+    else:
+        raise ValueError(f"unknown search {config.search!r}; choose 'index' or 'bfloat16'")
     stats = bank.position_stats if config.position_stats else None
 
     def to_scores(values: np.ndarray) -> np.ndarray:
         grid = values.reshape(height, width)
         return (stats.standardise(grid) if stats is not None else grid).ravel()
 
-    if not bank.is_exact:
+    if config.search == "bfloat16" or not bank.is_exact:
         refine_worst_patches(bank, flat, distances, nearest, to_scores)
     scores = to_scores(distances)
     image_score = reweighted_image_score(bank, flat, scores, nearest, config.reweight_neighbors)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from cpst_pipeline.cascade.calibration import CalibrationConfig
+from cpst_pipeline.data.index_check import IndexCheckConfig
+from cpst_pipeline.data.rules import IndexRules
 from cpst_pipeline.data.splits import SplitConfig
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import ResolutionConfig
@@ -24,6 +26,8 @@ class PipelineConfig:
     dataset_roots: str = ""
     device: str = "auto"
     batch_size: int = 16
+    index_rules: IndexRules = field(default_factory=IndexRules)
+    index_check: IndexCheckConfig = field(default_factory=IndexCheckConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)

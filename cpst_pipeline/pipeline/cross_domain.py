@@ -38,13 +38,14 @@ def _same_domains(**per_domain: dict) -> list[str]:
 
 
 def fit_router(images: dict[str, DomainImages], config: PipelineConfig) -> DomainRouter:
-    """Domain centroids from the gate embeddings of every domain's training images."""
-    embeddings, domains = [], []
+    """Domain centroids and per-domain references from the gate embeddings of every domain's training images."""
+    embeddings, domains, groups = [], [], []
     for domain in sorted(images):
         train = images[domain].in_splits(*TRAINING_SPLITS)
         embeddings.append(gate_embeddings(images[domain], train, config))
         domains += [domain] * len(train)
-    return DomainRouter.fit(np.concatenate(embeddings), domains)
+        groups += train["group_id"].tolist()
+    return DomainRouter.fit(np.concatenate(embeddings), domains, groups)
 
 
 def assemble_cascade(

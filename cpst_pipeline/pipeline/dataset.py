@@ -10,12 +10,16 @@ import pandas as pd
 
 from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.data.index import IndexResult, build_index
+from cpst_pipeline.data.index_check import IndexCheck, check_index
 from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
 from cpst_pipeline.data.splits import assign_splits
 from cpst_pipeline.io_utils import atomic_path
 from cpst_pipeline.pipeline.config import PipelineConfig
 
 Progress = Callable[[int, int], None]
+
+QUARANTINE_FILE = "quarantine.parquet"
+ACCOUNT_FILE = "file_account.parquet"
 
 # What the gate and the router learn from; val and test stay unseen.
 TRAINING_SPLITS = ("train_mix", "train_normal")
@@ -29,10 +33,18 @@ def dataset_roots(config: PipelineConfig) -> list[DatasetRoot]:
 
 
 def index_datasets(config: PipelineConfig, progress: Progress | None = None) -> IndexResult:
-    result = build_index(dataset_roots(config), progress=progress, probe_cache=config.artifacts_dir / "index_probes.parquet")
-    with atomic_path(config.artifacts_dir / "quarantine.parquet") as tmp:
-        result.quarantine.to_parquet(tmp, index=False)
+    """Index the roots; the quarantine and the account of every file go beside the index."""
+    result = build_index(
+        dataset_roots(config), progress=progress, probe_cache=config.artifacts_dir / "index_probes.parquet", rules=config.index_rules
+    )
+    for table, name in ((result.quarantine, QUARANTINE_FILE), (result.account, ACCOUNT_FILE)):
+        with atomic_path(config.artifacts_dir / name) as tmp:
+            table.to_parquet(tmp, index=False)
     return result
+
+
+def check_indexed(index: pd.DataFrame, config: PipelineConfig) -> IndexCheck:
+    return check_index(index, pd.read_parquet(config.artifacts_dir / QUARANTINE_FILE), config.index_check)
 
 
 def split_dataset(index: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:

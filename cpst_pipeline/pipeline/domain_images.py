@@ -79,16 +79,17 @@ def embed_domain_images(splits: pd.DataFrame, domain: str, config: PipelineConfi
     return images, computed
 
 
-def _stored(config: PipelineConfig, kind: str, frame: pd.DataFrame) -> list[np.ndarray]:
+def stored_features(config: PipelineConfig, kind: str, frame: pd.DataFrame) -> list[np.ndarray]:
+    """Cached feature arrays of ``frame``'s rows, in row order."""
     found = FeatureStore(config.features_dir).load(kind, frame["content_hash"].unique().tolist())
     return [found[h] for h in frame["content_hash"]]
 
 
 def gate_embeddings(images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
     """(N, E) stored gate embeddings of ``frame``'s rows (images of this domain), in row order."""
-    return np.stack(_stored(config, gate_kind(images.backbone_key, images.inputs.gate_size), frame))
+    return np.stack(stored_features(config, gate_kind(images.backbone_key, images.inputs.gate_size), frame))
 
 
 def patch_features(images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> list[np.ndarray]:
     """Stored patch-feature grids of ``frame``'s rows, in row order."""
-    return _stored(config, patch_kind(images.backbone_key, images.inputs.heatmap_size), frame)
+    return stored_features(config, patch_kind(images.backbone_key, images.inputs.heatmap_size), frame)

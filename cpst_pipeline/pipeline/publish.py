@@ -18,26 +18,32 @@ from cpst_pipeline.pipeline.config import PipelineConfig
 from cpst_pipeline.pipeline.cross_domain import EvaluationReport
 
 
-def _evaluation(report: EvaluationReport, folder: Path) -> dict:
+def evaluation_folder(cascade: CascadeArtifacts, report: EvaluationReport, folder: Path) -> dict:
+    """The report and its cascade written under ``folder``, each in a folder named by its key,
+    described as the registry takes them."""
     return {
         "directory": str(report.save(folder / report.key)),
-        "cascade_dir": str(folder / report.cascade_key),
+        "cascade_dir": str(save_cascade(cascade, folder / report.cascade_key)),
         "test_fingerprint": report.test_fingerprint,
         "report": report.report,
     }
 
 
-def log_report(report: EvaluationReport, config: PipelineConfig) -> str:
+def log_report(cascade: CascadeArtifacts, report: EvaluationReport, config: PipelineConfig) -> str:
     """The MLflow run of this report (created once); returns its id."""
     with tempfile.TemporaryDirectory() as tmp:
-        return registry.log_evaluation_run(_evaluation(report, Path(tmp)), config)
+        return registry.log_evaluation_run(evaluation_folder(cascade, report, Path(tmp)), config)
 
 
 def register_model(
-    cascade: CascadeArtifacts, report: EvaluationReport, test: pd.DataFrame, config: PipelineConfig, model_name: str, log: Callable[[str], None] = print
+    cascade: CascadeArtifacts,
+    report: EvaluationReport,
+    test: pd.DataFrame,
+    config: PipelineConfig,
+    registry_config: registry.RegistryConfig,
+    log: Callable[[str], None] = print,
 ) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        evaluation = _evaluation(report, Path(tmp))
-        save_cascade(cascade, Path(evaluation["cascade_dir"]))
+        evaluation = evaluation_folder(cascade, report, Path(tmp))
         run_id = registry.log_evaluation_run(evaluation, config)
-        return registry.register_cascade(evaluation, run_id, test, config, model_name, log=log)
+        return registry.register_cascade(evaluation, run_id, test, config, registry_config, log=log)
