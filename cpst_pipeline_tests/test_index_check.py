@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetKey, DagsterInstance, materialize
 
-from cpst_pipeline.assets.checks import index_fit_to_train_on
-from cpst_pipeline.assets.data import dataset_index, splits
+from cpst_pipeline.assets.data import dataset_index_and_splits
 from cpst_pipeline.data.index_check import IndexCheckConfig, check_index
 from cpst_pipeline.definitions import pipeline_resources
 from cpst_pipeline.resources import CpstSettings
@@ -51,9 +50,10 @@ def test_the_failing_check_blocks_what_is_downstream_of_the_index(tmp_path: Path
     settings = CpstSettings(data_dir=str(tmp_path / "work"), dataset_roots=str(root))
     instance = DagsterInstance.ephemeral()
     result = materialize(
-        [dataset_index, splits, index_fit_to_train_on], resources=pipeline_resources(settings), instance=instance, raise_on_error=False
+        [dataset_index_and_splits], resources=pipeline_resources(settings), instance=instance, raise_on_error=False
     )
     (evaluation,) = result.get_asset_check_evaluations()
     assert not evaluation.passed and "a_again.png" in evaluation.description
     assert instance.get_latest_materialization_event(AssetKey("dataset_index")) is not None
     assert instance.get_latest_materialization_event(AssetKey("splits")) is None
+    assert instance.get_dynamic_partitions("domain") == []  # no partition for an index not fit to train on

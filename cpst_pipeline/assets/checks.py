@@ -11,28 +11,8 @@ from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.data.splits import leaked_groups
 from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.pipeline.cross_domain import EvaluationReport
-from cpst_pipeline.pipeline.dataset import check_indexed
 from cpst_pipeline.pipeline.quality_gates import DomainVerdict, assess_domains, evidence_from_calibration, evidence_from_evaluation
 from cpst_pipeline.resources import CpstSettings
-
-
-@asset_check(
-    asset="dataset_index",
-    blocking=True,
-    description="No domain has more than max_quarantine_share of its files quarantined, and no byte-identical images disagree on label or domain.",
-)
-def index_fit_to_train_on(settings: CpstSettings, dataset_index: pd.DataFrame) -> AssetCheckResult:
-    check = check_indexed(dataset_index, settings.pipeline_config())
-    return AssetCheckResult(
-        passed=check.passed,
-        severity=AssetCheckSeverity.ERROR,
-        description=check.message,
-        metadata={
-            "quarantine_share": MetadataValue.json(check.quarantine_share),
-            "over_bound": MetadataValue.json(check.over_bound),
-            "conflicting_files": MetadataValue.json(check.conflicting_files),
-        },
-    )
 
 
 @asset_check(asset="splits", description="No physical part (group) appears in more than one of train / val / test.")

@@ -2,14 +2,28 @@
 
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetOut, DataVersion, MetadataValue, Output, multi_asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetOut,
+    DataVersion,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
 
 from cpst_pipeline.assets.automation import reindex_weekly
 from cpst_pipeline.assets.metadata import progress_logger
 from cpst_pipeline.assets.partitions import domain_partitions
+from cpst_pipeline.data.index_check import check_index
 from cpst_pipeline.data.splits import domains_without_normals, leaked_groups, split_summary
 from cpst_pipeline.pipeline.dataset import ACCOUNT_FILE, QUARANTINE_FILE, frame_version, index_datasets, split_dataset
 from cpst_pipeline.resources import CpstSettings
+
+
+INDEX_CHECK = "index_fit_to_train_on"
 
 
 def _counts_markdown(frame: pd.DataFrame, rows: list[str], column: str) -> str:
@@ -43,23 +57,29 @@ def _sync_domain_partitions(context: AssetExecutionContext, found: list[str]) ->
         ),
         "splits": AssetOut(
             code_version="1",
+            is_required=False,  # not produced when the index check fails
             automation_condition=reindex_weekly(),
             description="Per-domain, group-aware, stratified train_normal / train_mix / val_mix / test_mix.",
         ),
     },
+    check_specs=[
+        AssetCheckSpec(
+            INDEX_CHECK,
+            asset="dataset_index",
+            blocking=True,
+            description="No domain has more than max_quarantine_share of its files quarantined, and no byte-identical images disagree on label or domain.",
+        )
+    ],
 )
 def dataset_index_and_splits(context: AssetExecutionContext, settings: CpstSettings):
     """Index and split in one step that also keeps the domain partitions in step with the domains
-    found: a domain's partition never exists without its rows in ``splits``."""
+    found: a domain's partition never exists without its rows in ``splits``. When the index is not
+    fit to train on (its check fails), neither the splits nor the partitions change."""
     config = settings.pipeline_config()
     result = index_datasets(config, progress_logger(context, "indexing images"))
     quarantine, summary = result.quarantine, result.summary()
     if len(quarantine):
         context.log.warning(f"{len(quarantine)} files or folders quarantined; see {QUARANTINE_FILE}")
-    frame = split_dataset(result.index, config)
-    no_bank = domains_without_normals(frame)
-    for domain in no_bank:
-        context.log.warning(f"domain {domain} has no normal images: no memory bank; gate training and a separate evaluation only")
     yield Output(
         result.index,
         output_name="dataset_index",
@@ -77,6 +97,26 @@ def dataset_index_and_splits(context: AssetExecutionContext, settings: CpstSetti
             "quarantine_path": MetadataValue.path(str(config.artifacts_dir / QUARANTINE_FILE)),
         },
     )
+    check = check_index(result.index, quarantine, config.index_check)
+    yield AssetCheckResult(
+        check_name=INDEX_CHECK,
+        asset_key="dataset_index",
+        passed=check.passed,
+        severity=AssetCheckSeverity.ERROR,
+        description=check.message,
+        metadata={
+            "quarantine_share": MetadataValue.json(check.quarantine_share),
+            "over_bound": MetadataValue.json(check.over_bound),
+            "conflicting_files": MetadataValue.json(check.conflicting_files),
+        },
+    )
+    if not check.passed:
+        context.log.error(f"the index is not fit to train on, so the splits are not updated: {check.message}")
+        return
+    frame = split_dataset(result.index, config)
+    no_bank = domains_without_normals(frame)
+    for domain in no_bank:
+        context.log.warning(f"domain {domain} has no normal images: no memory bank; gate training and a separate evaluation only")
     yield Output(
         frame,
         output_name="splits",

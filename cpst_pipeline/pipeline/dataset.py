@@ -10,7 +10,6 @@ import pandas as pd
 
 from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.data.index import IndexResult, build_index
-from cpst_pipeline.data.index_check import IndexCheck, check_index
 from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
 from cpst_pipeline.data.splits import assign_splits
 from cpst_pipeline.io_utils import atomic_path
@@ -41,10 +40,6 @@ def index_datasets(config: PipelineConfig, progress: Progress | None = None) -> 
         with atomic_path(config.artifacts_dir / name) as tmp:
             table.to_parquet(tmp, index=False)
     return result
-
-
-def check_indexed(index: pd.DataFrame, config: PipelineConfig) -> IndexCheck:
-    return check_index(index, pd.read_parquet(config.artifacts_dir / QUARANTINE_FILE), config.index_check)
 
 
 def split_dataset(index: pd.DataFrame, config: PipelineConfig) -> pd.DataFrame:
