@@ -7,9 +7,10 @@
    keeps the target recall, sends at most ``max_call_rate`` of the images to the
    heatmap and adds at most ``max_extra_fpr`` false-positive rate over running the
    heatmap on every image. Without the FPR bound the cheapest "cascade" would flag
-   everything. When the gate is too weak to meet both bounds, the call budget wins
-   and the band with the fewest false positives within it is taken (the report notes
-   it); with no band inside the budget, the fewest calls that meet the FPR bound.
+   everything. When the gate is too weak to meet both bounds, quality wins: the
+   fewest calls that meet the FPR bound, over the budget (the calibration notes it).
+   On the demo's weakest domain the budget-first rule flagged 93 % of normal val
+   images where the heatmap alone flagged 57 %.
 """
 
 from __future__ import annotations
@@ -83,10 +84,8 @@ def choose_gate_band(
     meets_fpr = keeps_recall & (false_pos / max(n_neg, 1) <= max_fpr + 1e-12)
     if (in_budget & meets_fpr).any():
         choice, keys = in_budget & meets_fpr, (false_pos, calls)  # fewest calls, then fewest false positives
-    elif in_budget.any():
-        choice, keys = in_budget, (calls, false_pos)  # fewest false positives, then fewest calls
     elif meets_fpr.any():
-        choice, keys = meets_fpr, (false_pos, calls)
+        choice, keys = meets_fpr, (false_pos, calls)  # over the budget: fewest calls that keep the FPR bound
     else:
         return -math.inf, math.inf
     best = np.lexsort(tuple(np.where(choice, k, np.iinfo(np.int64).max).ravel() for k in keys))[0]
@@ -138,10 +137,10 @@ def calibrate_domain(
             labels, gate_scores, flags, config.target_recall, heatmap_fpr + config.max_extra_fpr, config.max_call_rate
         )
     calibration.val = _val_summary(calibration, labels, gate_scores, normalised)
-    if labels.any() and (labels == 0).any() and calibration.val["false_positive_rate"] > heatmap_fpr + config.max_extra_fpr + 1e-12:
+    if labels.any() and (labels == 0).any() and calibration.val["heatmap_call_rate"] > config.max_call_rate + 1e-9:
         calibration.notes.append(
-            f"the call budget ({config.max_call_rate:.0%}) binds: val false-positive rate {calibration.val['false_positive_rate']:.3f}"
-            f" against {heatmap_fpr:.3f} with the heatmap on every image"
+            f"over the call budget ({config.max_call_rate:.0%}): the gate is too weak to keep the val false-positive rate within "
+            f"{config.max_extra_fpr} of the heatmap alone ({heatmap_fpr:.3f}) with fewer calls; call rate {calibration.val['heatmap_call_rate']:.2f}"
         )
     return calibration
 
