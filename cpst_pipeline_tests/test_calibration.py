@@ -445,3 +445,15 @@ def test_malformed_evidence_is_rejected() -> None:
         CalibrationEvidence(ScoredImages(np.array([0, 1]), None, np.array([1.0, 2.0])))
     with pytest.raises(ValueError, match="both have heatmap scores"):
         CalibrationEvidence(ScoredImages(np.array([0, 1]), np.array([0.1, 0.9]), None), ScoredImages(np.array([0, 1]), None, np.array([1.0, 2.0])))
+
+
+def test_a_useless_gate_exceeds_the_budget_and_says_so() -> None:
+    val, train_mix = _domain(8, 40, 0.0, 4.0, "v"), _domain(9, 160, 0.0, 4.0, "t")
+    config = CalibrationConfig(target_recall=0.9, max_call_rate=0.3, fuse_scores=False)
+    cal = calibrate_on_evidence("metal", CalibrationEvidence(val, train_mix), config)
+    assert cal.evidence["heatmap_call_rate"] > config.max_call_rate
+    assert any("over the call budget (30%)" in note for note in cal.notes)
+    labels = np.concatenate([val.labels, train_mix.labels])
+    normalised = cal.normalise(np.concatenate([val.raw_heatmap_scores, train_mix.raw_heatmap_scores]))
+    heatmap_fpr = (normalised[labels == 0] >= cal.heatmap_threshold).mean()
+    assert cal.evidence["false_positive_rate"] <= heatmap_fpr + config.max_extra_fpr + 1e-12

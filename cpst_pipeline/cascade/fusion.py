@@ -48,8 +48,9 @@ class FusionModel:
 
 @dataclass(frozen=True)
 class FusionConfig:
+    # Fused cross-validated AUROC must beat the better single score by this much.
     min_auroc_gain: float = 0.01
-    folds: int = 5
+    folds: int = 5  # grouped cross-validation of the fit
     seed: int = 0
 
 
