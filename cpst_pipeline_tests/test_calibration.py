@@ -90,9 +90,9 @@ def test_the_fpr_bound_wins_over_the_call_budget(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_a_weak_gate_spends_the_budget_on_fewer_false_positives(seed: int) -> None:
-    """With FPR slack, the cheapest band sits on the bound; a weak gate instead takes the band
-    with the fewest false positives that the budget pays for."""
+def test_a_weak_gate_routes_as_many_images_as_the_budget_allows(seed: int) -> None:
+    """With FPR slack the cheapest band sits on the bound; a weak gate's band instead sends the
+    heatmap as many images as the budget pays for, then has the fewest false positives."""
     rng = np.random.default_rng(seed)
     n, budget, max_fpr = 80, 0.5, 0.3
     labels = (rng.random(n) < 0.3).astype(int)
@@ -101,13 +101,22 @@ def test_a_weak_gate_spends_the_budget_on_fewer_false_positives(seed: int) -> No
     flags = np.where(rng.random(n) < 0.9, labels, 1 - labels).astype(bool)
     target = min(0.9, flags[labels == 1].mean())
     cheapest = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget))
-    weak = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget, prefer_fewer_false_positives=True))
+    weak = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget, gate_is_weaker=True))
     eligible = [o for _, _, o in _all_bands(labels, gate, flags) if o[0] >= target - 1e-12 and o[1] <= max_fpr + 1e-12 and o[2] <= budget * n]
-    assert weak[0] >= target - 1e-12 and weak[2] <= budget * n
-    assert weak[1] == pytest.approx(min(o[1] for o in eligible))
-    assert weak[2] == min(o[2] for o in eligible if o[1] == pytest.approx(weak[1]))
-    assert cheapest[2] == min(o[2] for o in eligible)
-    assert weak[1] <= cheapest[1] and weak[2] >= cheapest[2]
+    assert weak[0] >= target - 1e-12 and weak[1] <= max_fpr + 1e-12
+    assert weak[2] == max(o[2] for o in eligible) <= budget * n
+    assert weak[1] == pytest.approx(min(o[1] for o in eligible if o[2] == weak[2]))
+    assert cheapest[2] == min(o[2] for o in eligible) < weak[2]
+
+
+def test_a_weak_gate_that_cannot_meet_the_fpr_bound_within_budget_leaves_every_image_to_the_heatmap() -> None:
+    rng = np.random.default_rng(0)
+    labels = (rng.random(60) < 0.3).astype(int)
+    gate = np.round(np.clip(0.4 + 0.2 * labels + rng.normal(scale=0.2, size=60), 0, 1), 2)
+    flags = labels.astype(bool)  # a perfect heatmap
+    assert choose_gate_band(labels, gate, flags, 0.95, 0.0, 0.3, gate_is_weaker=True) == (-math.inf, math.inf)
+    strong_rule = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, 0.95, 0.0, 0.3))
+    assert strong_rule[1] == 0.0 and 0.3 * 60 < strong_rule[2] < 60  # the cheapest band over budget, for comparison
 
 
 def test_when_the_heatmap_misses_the_recall_the_gate_flags_with_fewest_false_positives() -> None:
@@ -402,6 +411,7 @@ def test_weak_gate_routes_more_images_to_the_heatmap_within_the_budget() -> None
     routed = _outcome(labels, gate, flags, cal.gate_low, cal.gate_high)
     assert routed[2] > cheapest[2] and routed[1] < cheapest[1]  # more calls bought fewer false positives
     assert routed[2] <= config.max_call_rate * len(labels)
+    assert any("ranks worse than the heatmap stage" in note for note in cal.notes)
     assert cal.evidence["heatmap_call_rate"] == pytest.approx(routed[2] / len(labels))
 
 
@@ -447,12 +457,12 @@ def test_malformed_evidence_is_rejected() -> None:
         CalibrationEvidence(ScoredImages(np.array([0, 1]), np.array([0.1, 0.9]), None), ScoredImages(np.array([0, 1]), None, np.array([1.0, 2.0])))
 
 
-def test_a_useless_gate_exceeds_the_budget_and_says_so() -> None:
+def test_a_useless_gate_leaves_every_image_to_the_heatmap_and_says_so() -> None:
     val, train_mix = _domain(8, 40, 0.0, 4.0, "v"), _domain(9, 160, 0.0, 4.0, "t")
     config = CalibrationConfig(target_recall=0.9, max_call_rate=0.3, fuse_scores=False)
     cal = calibrate_on_evidence("metal", CalibrationEvidence(val, train_mix), config)
-    assert cal.evidence["heatmap_call_rate"] > config.max_call_rate
-    assert any("over the call budget (30%)" in note for note in cal.notes)
+    assert (cal.gate_low, cal.gate_high) == (-math.inf, math.inf) and cal.evidence["heatmap_call_rate"] == 1.0
+    assert any("no band within the call budget (30%)" in note for note in cal.notes)
     labels = np.concatenate([val.labels, train_mix.labels])
     normalised = cal.normalise(np.concatenate([val.raw_heatmap_scores, train_mix.raw_heatmap_scores]))
     heatmap_fpr = (normalised[labels == 0] >= cal.heatmap_threshold).mean()

@@ -1,6 +1,7 @@
 """What calibrating on more unseen images, and fusing the two scores, changes per domain.
 
     python -m cpst_pipeline.benchmark.calibration_evidence                      # the generated demo
+    python -m cpst_pipeline.benchmark.calibration_evidence --data ../shared/datasets/KolektorSDD --section kolektor
     python -m cpst_pipeline.benchmark.calibration_evidence --scores scores.parquet
 
 Before: the gate band fitted on val alone (``calibrate_domain``), no fusion. After: the
@@ -13,10 +14,10 @@ the heatmap alone on test.
 Scores table (parquet), one row per image: ``domain``, ``split`` (train_mix, val_mix,
 test_mix), ``label`` (1 = anomaly), ``group_id``, ``gate_score`` (the final gate; val and
 test), ``gate_oof`` (out-of-fold; train_mix), ``raw_heatmap_score`` (NaN without a bank).
-Without ``--scores`` the script builds it from the demo dataset with the library itself
-(index, splits, features, one gate per domain and its cross-fit, memory bank, heatmap
-scores), saves it next to the demo, and writes the ``calibration_evidence`` section of
-BENCHMARKS.md.
+Without ``--scores`` the script builds it with the library itself (index, splits,
+features, one gate per domain and its cross-fit, memory bank, heatmap scores) from
+``--data`` or the generated demo and saves it under ``--work``. Either way it writes the
+``calibration_evidence`` section of BENCHMARKS.md (``--section`` names one per dataset).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from cpst_pipeline.cascade.calibration import CalibrationConfig, CalibrationEvid
 from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.data.index import build_index
-from cpst_pipeline.data.layouts import DatasetRoot
+from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
 from cpst_pipeline.data.splits import assign_splits
 from cpst_pipeline.evaluation.intervals import wilson_interval
 from cpst_pipeline.evaluation.metrics import auroc
@@ -137,13 +138,12 @@ def _without_fusion(config: CalibrationConfig) -> CalibrationConfig:
     return CalibrationConfig(config.target_recall, config.max_extra_fpr, config.max_call_rate, fuse_scores=False, fusion=config.fusion)
 
 
-# ---------------------------------------------------------------- the demo's scores, from the library
+# ---------------------------------------------------------------- scores from the library
 
 
-def demo_scores(work: Path, images_per_domain: int, size: int, device: str) -> pd.DataFrame:
-    """The scores table for the generated demo: one gate per domain (cross-fitted too) and one memory bank."""
-    root = generate_demo_dataset(work / "demo", images_per_domain=images_per_domain, size=size)
-    splits = assign_splits(build_index([DatasetRoot(str(root), "generic")]).index)
+def library_scores(roots: list[DatasetRoot], work: Path, device: str) -> pd.DataFrame:
+    """The scores table of datasets: one gate per domain (cross-fitted too) and one memory bank."""
+    splits = assign_splits(build_index(roots).index)
     backbone = BackboneConfig()
     inputs = domain_input_sizes(splits, ResolutionConfig())
     store = FeatureStore(work / "features")
@@ -229,22 +229,28 @@ def markdown(measurements: list[DomainMeasurement], source: str, config: Calibra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scores", type=Path, help="a scores table (parquet); without it the demo is built and scored")
+    parser.add_argument("--scores", type=Path, help="a scores table (parquet); without it the datasets are scored")
+    parser.add_argument("--data", default="", help="dataset roots as CPST_DATASET_ROOTS; empty: the generated demo")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cpst_calibration_evidence"), help="demo, features and scores table")
     parser.add_argument("--images-per-domain", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--section", default="", help="suffix of the BENCHMARKS.md section, one per dataset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="written only for the demo")
+    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="where the section goes ('' for nowhere)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scores is not None:
         table, source = pd.read_parquet(args.scores), f"`{args.scores}`"
     else:
-        table = demo_scores(args.work, args.images_per_domain, args.size, args.device)
+        if args.data:
+            roots, source = parse_dataset_roots(args.data), f"`{args.data}`"
+        else:
+            roots = [DatasetRoot(generate_demo_dataset(args.work / "demo", images_per_domain=args.images_per_domain, size=args.size), "generic")]
+            source = f"the generated demo ({args.images_per_domain} images per domain, {args.size} px)"
+        table = library_scores(roots, args.work, args.device)
         with atomic_path(args.work / "scores.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-        source = f"the generated demo ({args.images_per_domain} images per domain, {args.size} px)"
     config = CalibrationConfig()
     measurements = [measure_domain(domain, rows, config) for domain, rows in table.groupby("domain", sort=True)]
     text = markdown(measurements, source, config)
@@ -253,8 +259,8 @@ def main() -> None:
         for name, calibration in (("before", m.before), ("after", m.after)):
             notes = "".join(f"; {note}" for note in calibration.notes)
             print(f"{m.domain} {name}: band [{calibration.gate_low:.3f}, {calibration.gate_high:.3f}){notes}")
-    if args.scores is None:
-        replace_section(args.output, "calibration_evidence", text)
+    if args.output.name:
+        replace_section(args.output, f"calibration_evidence{'_' + args.section if args.section else ''}", text)
 
 
 if __name__ == "__main__":
