@@ -35,14 +35,16 @@ def _table(seed: int = 0) -> pd.DataFrame:
 def test_before_fits_the_band_on_val_and_after_on_val_plus_train_mix() -> None:
     table = _table()
     m = measure_domain("metal", table, CalibrationConfig())
-    assert m.before.evidence["band_fitted_on"] == {"val_mix": 40, "train_mix": 0} and m.before.fusion is None
-    assert m.after.evidence["band_fitted_on"] == {"val_mix": 40, "train_mix": 120}
+    before, routed, after = (m.calibrations[k] for k in ("before", "routed", "after"))
+    assert before.evidence["band_fitted_on"] == routed.evidence["band_fitted_on"] == {"val_mix": 40, "train_mix": 0}
+    assert before.fusion is None and routed.fusion is None
+    assert after.evidence["band_fitted_on"] == {"val_mix": 40, "train_mix": 120}
     test = table[table["split"] == "test_mix"]
     labels = test["label"].to_numpy()
-    normalised = m.after.normalise(test["raw_heatmap_score"].to_numpy())
-    decisions = m.after.decisions(test["gate_score"].to_numpy(), normalised)
-    assert m.test_after.recall == pytest.approx(decisions[labels == 1].mean())
-    assert m.test_after.false_positive_rate == pytest.approx(decisions[labels == 0].mean())
-    assert m.test_heatmap_alone.false_positive_rate == pytest.approx((normalised[labels == 0] >= m.after.heatmap_threshold).mean())
+    normalised = after.normalise(test["raw_heatmap_score"].to_numpy())
+    decisions = after.decisions(test["gate_score"].to_numpy(), normalised)
+    assert m.test["after"].recall == pytest.approx(decisions[labels == 1].mean())
+    assert m.test["after"].false_positive_rate == pytest.approx(decisions[labels == 0].mean())
+    assert m.test["heatmap alone"].false_positive_rate == pytest.approx((normalised[labels == 0] >= after.heatmap_threshold).mean())
     text = markdown([m], "a synthetic table", CalibrationConfig())
-    assert "| metal | before | 40 + 0 |" in text and "| metal | after | 40 + 120 |" in text
+    assert "| metal | before | 40 + 0 |" in text and "| metal | routed | 40 + 0 |" in text and "| metal | after | 40 + 120 |" in text

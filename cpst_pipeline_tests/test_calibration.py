@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -412,6 +413,8 @@ def test_weak_gate_routes_more_images_to_the_heatmap_within_the_budget() -> None
     assert routed[2] > cheapest[2] and routed[1] < cheapest[1]  # more calls bought fewer false positives
     assert routed[2] <= config.max_call_rate * len(labels)
     assert any("ranks worse than the heatmap stage" in note for note in cal.notes)
+    unrouted = calibrate_on_evidence("metal", CalibrationEvidence(val, train_mix), replace(config, weak_gate_routing=False))
+    assert _outcome(labels, gate, flags, unrouted.gate_low, unrouted.gate_high) == cheapest
     assert cal.evidence["heatmap_call_rate"] == pytest.approx(routed[2] / len(labels))
 
 

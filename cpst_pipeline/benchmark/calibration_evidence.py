@@ -4,9 +4,10 @@
     python -m cpst_pipeline.benchmark.calibration_evidence --data ../shared/datasets/KolektorSDD --section kolektor
     python -m cpst_pipeline.benchmark.calibration_evidence --scores scores.parquet
 
-Before: the gate band fitted on val alone (``calibrate_domain``), no fusion. After: the
-band fitted on val plus out-of-fold train_mix gate scores, with fusion where it wins
-(``calibrate_on_evidence``). Printed per domain: AUROCs of gate, heatmap and fused score;
+Three calibrations: before, the gate band fitted on val alone (``calibrate_domain``) with
+the fewest-calls rule for every gate and no fusion; routed, the same with weak-gate
+routing; after, the band fitted on val plus out-of-fold train_mix gate scores, with
+weak-gate routing and fusion where it wins (``calibrate_on_evidence``). Printed per domain: AUROCs of gate, heatmap and fused score;
 then for both calibrations the recall, false-positive rate (95 % Wilson intervals) and
 heatmap call rate on val, where they were fitted, and on test, which neither saw, next to
 the heatmap alone on test.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -70,11 +71,8 @@ class DomainMeasurement:
     val_auroc: dict[str, float | None]  # gate, heatmap
     test_auroc: dict[str, float | None]  # gate, heatmap, fused (None: no fusion chosen)
     fusion: dict | None  # the calibration's fusion decision (cross-validated AUROCs on the evidence)
-    before: DomainCalibration
-    after: DomainCalibration
-    test_before: Outcome
-    test_after: Outcome
-    test_heatmap_alone: Outcome
+    calibrations: dict[str, DomainCalibration]  # before, routed, after
+    test: dict[str, Outcome]  # the same keys, plus "heatmap alone"
 
 
 def _outcome(labels: np.ndarray, decisions: np.ndarray, calls: np.ndarray) -> Outcome:
@@ -105,8 +103,13 @@ def measure_domain(domain: str, table: pd.DataFrame, config: CalibrationConfig) 
     split = {name: table[table["split"] == name] for name in ("val_mix", "train_mix", "test_mix")}
     val, train_mix = _images(split["val_mix"], "gate_score"), _images(split["train_mix"], "gate_oof")
     extra = None if train_mix.raw_heatmap_scores is None else (train_mix.labels, train_mix.raw_heatmap_scores)
-    before = calibrate_domain(domain, val.labels, val.gate_scores, val.raw_heatmap_scores, _without_fusion(config), extra)
-    after = calibrate_on_evidence(domain, CalibrationEvidence(val, train_mix), config)
+    val_only = replace(config, fuse_scores=False)
+    calibrations = {
+        "before": calibrate_domain(domain, val.labels, val.gate_scores, val.raw_heatmap_scores, replace(val_only, weak_gate_routing=False), extra),
+        "routed": calibrate_domain(domain, val.labels, val.gate_scores, val.raw_heatmap_scores, val_only, extra),
+        "after": calibrate_on_evidence(domain, CalibrationEvidence(val, train_mix), config),
+    }
+    after = calibrations["after"]
     test = _images(split["test_mix"], "gate_score")
 
     def on_test(calibration: DomainCalibration) -> Outcome:
@@ -126,16 +129,9 @@ def measure_domain(domain: str, table: pd.DataFrame, config: CalibrationConfig) 
         val_auroc={"gate": auroc(val.labels, val.gate_scores), "heatmap": raw_auroc(val)},
         test_auroc={"gate": auroc(test.labels, test.gate_scores), "heatmap": raw_auroc(test), "fused": fused_test_auroc},
         fusion=after.evidence.get("fusion"),
-        before=before,
-        after=after,
-        test_before=on_test(before),
-        test_after=on_test(after),
-        test_heatmap_alone=heatmap_alone,
+        calibrations=calibrations,
+        test={**{name: on_test(c) for name, c in calibrations.items()}, "heatmap alone": heatmap_alone},
     )
-
-
-def _without_fusion(config: CalibrationConfig) -> CalibrationConfig:
-    return CalibrationConfig(config.target_recall, config.max_extra_fpr, config.max_call_rate, fuse_scores=False, fusion=config.fusion)
 
 
 # ---------------------------------------------------------------- scores from the library
@@ -195,9 +191,10 @@ def markdown(measurements: list[DomainMeasurement], source: str, config: Calibra
         f"`python -m cpst_pipeline.benchmark.calibration_evidence` on {source}; {platform.machine()}, "
         f"{torch.get_num_threads()} torch thread(s); one gate per domain (5-fold cross-fit by group for train_mix), "
         f"target recall {config.target_recall}, FPR bound heatmap alone + {config.max_extra_fpr}, call budget "
-        f"{config.max_call_rate:.0%}. Before: band on val only, no fusion. After: band on val + out-of-fold "
-        "train_mix, fusion where its grouped cross-validated AUROC beats the better single score by "
-        f"{config.fusion.min_auroc_gain}. Rates with 95 % Wilson intervals.",
+        f"{config.max_call_rate:.0%}. Before: band on val only, fewest-calls rule for every gate, no fusion. Routed: "
+        "the same with weak-gate routing. After: band on val + out-of-fold train_mix, weak-gate routing, fusion where "
+        f"its grouped cross-validated AUROC beats the better single score by {config.fusion.min_auroc_gain}. "
+        "Rates with 95 % Wilson intervals; heatmap alone at the after calibration's heatmap threshold.",
         "",
         "| domain | val AUROC gate / heatmap | evidence CV AUROC gate / heatmap / fused (used) | test AUROC gate / heatmap / fused |",
         "|---|---|---|---|",
@@ -215,14 +212,14 @@ def markdown(measurements: list[DomainMeasurement], source: str, config: Calibra
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
-        for name, calibration, test in (("before", m.before, m.test_before), ("after", m.after, m.test_after)):
-            val, fitted = _val_outcome(calibration), calibration.evidence["band_fitted_on"]
+        for name, calibration in m.calibrations.items():
+            val, fitted, test = _val_outcome(calibration), calibration.evidence["band_fitted_on"], m.test[name]
             lines.append(
                 f"| {m.domain} | {name} | {fitted['val_mix']} + {fitted['train_mix']} | {_rate(val.recall, val.recall_ci)} "
                 f"| {_rate(val.false_positive_rate, val.false_positive_rate_ci)} | {val.call_rate:.2f} "
                 f"| {_rate(test.recall, test.recall_ci)} | {_rate(test.false_positive_rate, test.false_positive_rate_ci)} | {test.call_rate:.2f} |"
             )
-        h = m.test_heatmap_alone
+        h = m.test["heatmap alone"]
         lines.append(f"| {m.domain} | heatmap alone | - | - | - | - | {_rate(h.recall, h.recall_ci)} | {_rate(h.false_positive_rate, h.false_positive_rate_ci)} | 1.00 |")
     return "\n".join(lines) + "\n"
 
@@ -256,7 +253,7 @@ def main() -> None:
     text = markdown(measurements, source, config)
     print(text)
     for m in measurements:
-        for name, calibration in (("before", m.before), ("after", m.after)):
+        for name, calibration in m.calibrations.items():
             notes = "".join(f"; {note}" for note in calibration.notes)
             print(f"{m.domain} {name}: band [{calibration.gate_low:.3f}, {calibration.gate_high:.3f}){notes}")
     if args.output.name:

@@ -54,6 +54,8 @@ class CalibrationConfig:
     max_extra_fpr: float = 0.02
     # Share of images the heatmap may see: the cascade's cost budget.
     max_call_rate: float = 0.35
+    # Off: every gate gets the fewest-calls band, as a gate at least as good as the heatmap does.
+    weak_gate_routing: bool = True
     fuse_scores: bool = True
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
@@ -201,12 +203,13 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         figures |= {"gate_auroc": gate_auroc, "heatmap_stage_auroc": stage_auroc}
         heatmap_fpr = float((heatmap[labels == 0] >= calibration.heatmap_threshold).mean())
         max_fpr = heatmap_fpr + config.max_extra_fpr
+        gate_is_weaker = config.weak_gate_routing and gate_auroc < stage_auroc
         calibration.gate_low, calibration.gate_high = choose_gate_band(
-            labels, gate, margin >= 0, config.target_recall, max_fpr, config.max_call_rate, gate_is_weaker=gate_auroc < stage_auroc
+            labels, gate, margin >= 0, config.target_recall, max_fpr, config.max_call_rate, gate_is_weaker
         )
         _note_broken_bounds(calibration, _summary(calibration, labels, gate, heatmap), heatmap_fpr, max_fpr, config)
-        if gate_auroc < stage_auroc:
-            calibration.notes.append(f"the gate ranks worse than the heatmap stage (AUROC {gate_auroc:.3f} against {stage_auroc:.3f}): the band routes as many images to the heatmap as the budget allows")
+        if gate_is_weaker:
+            calibration.notes.append(f"the gate ranks worse than the heatmap stage (AUROC {gate_auroc:.3f} against {stage_auroc:.3f}): the band favours heatmap calls")
     calibration.val = _summary(calibration, rows.labels[rows.is_val], rows.gate[rows.is_val], normalised[rows.is_val])
     calibration.evidence = {**rows.fitted_on(), **_summary(calibration, labels, gate, heatmap), **figures}
     return calibration

@@ -50,9 +50,9 @@ class DomainCalibration:
         return (raw_heatmap_score - self.score_center) / self.score_scale
 
     def needs_heatmap(self, gate_score: float) -> bool:
-        return self.has_bank and self.gate_low <= gate_score < self.gate_high
+        return bool(self.heatmap_calls(gate_score))
 
-    def heatmap_margin(self, gate_score, normalised_heatmap_score):
+    def heatmap_margin(self, gate_score: float | np.ndarray, normalised_heatmap_score: float | np.ndarray) -> float | np.ndarray:
         """Signed distance of the heatmap stage's score from its threshold; >= 0 is a defect.
 
         Works on scalars and numpy arrays alike.
@@ -61,8 +61,8 @@ class DomainCalibration:
             return normalised_heatmap_score - self.heatmap_threshold
         return self.fusion.score(gate_score, normalised_heatmap_score) - self.fused_threshold
 
-    def heatmap_calls(self, gate_scores: np.ndarray) -> np.ndarray:
-        """``needs_heatmap`` for an array of gate scores."""
+    def heatmap_calls(self, gate_scores: float | np.ndarray) -> np.ndarray:
+        """Whether each gate score sends its image to the heatmap."""
         gate_scores = np.asarray(gate_scores, dtype=float)
         return (gate_scores >= self.gate_low) & (gate_scores < self.gate_high) & self.has_bank
 
