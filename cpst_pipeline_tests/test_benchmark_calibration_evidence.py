@@ -48,3 +48,10 @@ def test_before_fits_the_band_on_val_and_after_on_val_plus_train_mix() -> None:
     assert m.test["heatmap alone"].false_positive_rate == pytest.approx((normalised[labels == 0] >= after.heatmap_threshold).mean())
     text = markdown([m], "a synthetic table", CalibrationConfig())
     assert "| metal | before | 40 + 0 |" in text and "| metal | routed | 40 + 0 |" in text and "| metal | after | 40 + 120 |" in text
+
+
+def test_a_table_without_out_of_fold_scores_fits_the_band_on_val_alone() -> None:
+    table = _table(1).assign(gate_oof=np.nan)
+    after = measure_domain("metal", table, CalibrationConfig()).calibrations["after"]
+    assert after.evidence["band_fitted_on"] == {"val_mix": 40, "train_mix": 0}
+    assert after.evidence["heatmap_threshold_fitted_on"] == {"val_mix": 40, "train_mix": 120}

@@ -41,6 +41,7 @@ from cpst_pipeline.data.demo import generate_demo_dataset
 from cpst_pipeline.data.index import build_index
 from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
 from cpst_pipeline.data.splits import assign_splits
+from cpst_pipeline.evaluation.folds import FoldError
 from cpst_pipeline.evaluation.intervals import wilson_interval
 from cpst_pipeline.evaluation.metrics import auroc
 from cpst_pipeline.features.backbone import BackboneConfig
@@ -99,10 +100,11 @@ def _fusion_fit(val: ScoredImages, train_mix: ScoredImages, calibration: DomainC
 
 
 def _images(rows: pd.DataFrame, gate_column: str) -> ScoredImages:
-    raw = rows["raw_heatmap_score"].to_numpy(float)
+    """A split's rows of the scores table; a score column that is all NaN means no such score."""
+    gate, raw = rows[gate_column].to_numpy(float), rows["raw_heatmap_score"].to_numpy(float)
     return ScoredImages(
         rows["label"].to_numpy(int),
-        None if gate_column is None else rows[gate_column].to_numpy(float),
+        None if np.isnan(gate).all() else gate,
         None if np.isnan(raw).all() else raw,
         rows["group_id"].astype(str).to_numpy(),
     )
@@ -167,11 +169,15 @@ def library_scores(roots: list[DatasetRoot], work: Path, device: str) -> pd.Data
         domains = [domain] * int(training.sum())
         print(f"{domain}: gate on {training.sum()} training images, and its cross-fit", flush=True)
         gate = train_gate(embeddings[training], labels[training], domains, GateTrainConfig())
-        crossfit = crossfit_gate(embeddings[training], labels[training], rows["group_id"].to_numpy()[training], domains, GateTrainConfig())
+        try:
+            oof = crossfit_gate(embeddings[training], labels[training], rows["group_id"].to_numpy()[training], domains, GateTrainConfig()).scores
+        except FoldError as error:
+            print(f"{domain}: no out-of-fold gate scores ({error}); its band is fitted on val alone", flush=True)
+            oof = np.nan
         table = rows[["domain", "split", "group_id"]].assign(label=labels, gate_score=np.nan, gate_oof=np.nan, raw_heatmap_score=np.nan)
         held_out = ~training
         table.loc[held_out, "gate_score"] = gate.predict_proba(torch.from_numpy(embeddings[held_out]), [domain] * int(held_out.sum())).numpy()
-        table.loc[training, "gate_oof"] = crossfit.scores
+        table.loc[training, "gate_oof"] = oof
         patches = store.load(patch_kind(backbone.key(), inputs[domain].heatmap_size), rows["content_hash"].tolist())
         bank_rows = rows[rows["split"] == "train_normal"]
         print(f"{domain}: memory bank from {len(bank_rows)} images", flush=True)
