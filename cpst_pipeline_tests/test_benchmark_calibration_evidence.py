@@ -46,7 +46,8 @@ def test_before_fits_the_band_on_val_and_after_on_val_plus_train_mix() -> None:
     assert m.test["after"].recall == pytest.approx(decisions[labels == 1].mean())
     assert m.test["after"].false_positive_rate == pytest.approx(decisions[labels == 0].mean())
     assert m.test["heatmap alone"].false_positive_rate == pytest.approx((normalised[labels == 0] >= after.heatmap_threshold).mean())
-    text = markdown([m], "a synthetic table", CalibrationConfig())
+    text = markdown([m], "synthetic", "a synthetic table", CalibrationConfig())
+    assert text.startswith("## Calibration evidence (synthetic)")
     assert "| metal | before | 40 + 0 |" in text and "| metal | routed | 40 + 0 |" in text and "| metal | after | 40 + 120 |" in text
 
 

@@ -202,9 +202,9 @@ def _val_outcome(calibration: DomainCalibration) -> Outcome:
     return Outcome(v["recall"], v["recall_ci"], v["false_positive_rate"], v["false_positive_rate_ci"], v["heatmap_call_rate"])
 
 
-def markdown(measurements: list[DomainMeasurement], source: str, config: CalibrationConfig) -> str:
+def markdown(measurements: list[DomainMeasurement], name: str, source: str, config: CalibrationConfig) -> str:
     lines = [
-        "## Calibration evidence: val alone vs val + out-of-fold train_mix, and score fusion",
+        f"## Calibration evidence ({name}): val alone vs val + out-of-fold train_mix, and score fusion",
         "",
         f"`python -m cpst_pipeline.benchmark.calibration_evidence` on {source}; {platform.machine()}, "
         f"{torch.get_num_threads()} torch thread(s); one gate per domain (5-fold cross-fit by group for train_mix), "
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--images-per-domain", type=int, default=100)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--section", default="", help="suffix of the BENCHMARKS.md section, one per dataset")
+    parser.add_argument("--section", default="", help="dataset name: BENCHMARKS.md gets one section per dataset (empty: demo)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="where the section goes ('' for nowhere)")
     args = parser.parse_args()
@@ -268,7 +268,7 @@ def main() -> None:
             table.to_parquet(tmp, index=False)
     config = CalibrationConfig()
     measurements = [measure_domain(domain, rows, config) for domain, rows in table.groupby("domain", sort=True)]
-    text = markdown(measurements, source, config)
+    text = markdown(measurements, args.section or "demo", source, config)
     print(text)
     for m in measurements:
         for name, calibration in m.calibrations.items():
