@@ -40,7 +40,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE)
     rate = successes / trials
     center = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
     half = math.sqrt(z2) / (1 + z2 / trials) * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials**2))
-    return Interval(max(0.0, center - half), min(1.0, center + half))
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave 1 - 1e-16 otherwise.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == trials else min(1.0, center + half)
+    return Interval(low, high)
 
 
 def trials_needed(target: float, confidence: float = CONFIDENCE) -> int:
