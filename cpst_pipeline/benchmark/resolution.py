@@ -42,7 +42,7 @@ from cpst_pipeline.features.resolution import (
     choose_resolution,
     resolution_candidates,
 )
-from cpst_pipeline.features.tiling import extract_tiled_features
+from cpst_pipeline.features.tiling import TiledFeatures, extract_tiled_features
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
 from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank, score_tiles
@@ -64,7 +64,7 @@ class CandidateRun:
         self.candidate = candidate
         self.input_size = candidate.input_size(*median_size)
 
-    def features(self, image: np.ndarray):
+    def features(self, image: np.ndarray) -> TiledFeatures | np.ndarray:
         if self.candidate.tiling is not None:
             return extract_tiled_features(self.extractor, image, self.candidate.tiling)
         batch = self.extractor.batch([image], self.input_size)
@@ -91,7 +91,7 @@ def measure(run: CandidateRun, bank_rows: pd.DataFrame, val_rows: pd.DataFrame, 
     bank_seconds = time.perf_counter() - started
     scoring = ScoringConfig()
     image_scores, seconds = [], []
-    pixels = PixelAurocAccumulator(stride=2)
+    pixels = PixelAurocAccumulator(stride=2)  # exact AUROC over a regular quarter of the pixels
     for row in val_rows.itertuples():
         image = load_image(row.path)
         started = time.perf_counter()
