@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cpst_pipeline.data.demo import COMPLETE_MARKER, DEFECT_TYPES, DOMAINS, generate_demo_dataset
+from scipy.ndimage import binary_erosion
+
+from cpst_pipeline.data.demo import (
+    COMPLETE_MARKER,
+    DEFECT_TYPES,
+    DOMAINS,
+    GENERATOR_VERSION,
+    SMALL_DEFECT_TYPES,
+    generate_demo_dataset,
+    generate_small_defect_dataset,
+)
 from cpst_pipeline.data.index import build_index
 from cpst_pipeline.data.layouts import DatasetRoot, detect_layout
 
@@ -82,3 +93,56 @@ def test_new_parameters_regenerate_and_drop_stale_images(tmp_path: Path) -> None
     generate_demo_dataset(root, images_per_domain=4, size=64)
     fresh = generate_demo_dataset(tmp_path / "fresh", images_per_domain=4, size=64)
     assert file_hashes(root) == file_hashes(fresh)
+
+
+def test_default_demo_bytes_are_those_of_generator_version_2(tmp_path: Path) -> None:
+    """The small-defect options must leave the default demo (and its marker) exactly as it was."""
+    root = generate_demo_dataset(tmp_path, seed=3, images_per_domain=10, size=64)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.png")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    assert GENERATOR_VERSION == 2
+    # Recorded from the generator before the small-defect options were added.
+    assert digest.hexdigest() == "679acc7c2915abfb95f95d31f50a2d43d929d1997974b49a9089894860fa85f6"
+    assert json.loads((root / COMPLETE_MARKER).read_text()) == {
+        "generator_version": 2, "seed": 3, "images_per_domain": 10, "size": 64
+    }
+
+
+def test_lower_defect_contrast_changes_only_the_defects(tmp_path: Path) -> None:
+    small = {"images_per_domain": 10, "size": 64}
+    full = generate_demo_dataset(tmp_path / "full", **small)
+    faint = generate_demo_dataset(tmp_path / "faint", defect_contrast=0.5, **small)
+    for domain in DOMAINS:
+        for path in (full / domain).rglob("*.png"):
+            same = np.asarray(Image.open(faint / path.relative_to(full)))
+            if "good" in path.parts or "masks" in path.parts:
+                assert np.array_equal(np.asarray(Image.open(path)), same), path
+    defective = next((full / "brushed_metal" / "scratch").glob("*.png"))
+    assert not np.array_equal(np.asarray(Image.open(defective)), np.asarray(Image.open(faint / defective.relative_to(full))))
+
+
+def test_bad_defect_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="defect_types"):
+        generate_demo_dataset(tmp_path, defect_types=("dent",))
+    with pytest.raises(ValueError, match="defect_contrast"):
+        generate_demo_dataset(tmp_path, defect_contrast=0.0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_small_defect_set_is_640_px_with_defects_a_few_pixels_wide(tmp_path: Path) -> None:
+    root = generate_small_defect_dataset(tmp_path, images_per_domain=10)
+    assert Image.open(next((root / "brushed_metal" / "good").glob("*.png"))).size == (640, 640)
+    assert Image.open(next((root / "woven_grid" / "good").glob("*.png"))).size == (640, 1280)
+    for domain in DOMAINS:
+        assert sorted(p.name for p in (root / domain / "masks").iterdir()) == sorted(SMALL_DEFECT_TYPES)
+        for mask_path in (root / domain / "masks").rglob("*.png"):
+            mask = np.asarray(Image.open(mask_path)) > 0
+            assert mask.any()
+            if mask_path.parent.name == "spot":
+                rows, cols = np.nonzero(mask)
+                assert max(np.ptp(rows), np.ptp(cols)) <= 17, mask_path  # radius 3-8 px
+            else:
+                # Lines 1-3 px wide: nothing survives eroding by a 4 px square.
+                assert not binary_erosion(mask, np.ones((4, 4), dtype=bool)).any(), mask_path

@@ -38,7 +38,7 @@ def test_classification_metrics_carry_intervals():
 def test_evidence_shortfall_names_the_count_needed():
     ten_found = {"n_anomaly": 10, "recall": 1.0, "recall_ci": wilson_interval(10, 10).as_list()}
     message = recall_evidence_shortfall(ten_found, 0.95)
-    assert "10 defects" in message and "73 defects" in message
+    assert "10 calibration defects" in message and "73 defects" in message
     many = {"n_anomaly": 200, "recall": 0.99, "recall_ci": wilson_interval(198, 200).as_list()}
     assert recall_evidence_shortfall(many, 0.95) is None
     assert "no defects" in recall_evidence_shortfall({"n_anomaly": 0, "recall": None, "recall_ci": None}, 0.95)

@@ -24,16 +24,38 @@ DOMAINS = ("brushed_metal", "woven_grid", "speckled_tile")
 DEFECT_TYPES = ("scratch", "spot", "crack", "missing_texture")
 NORMAL_SHARE = 0.7
 COMPLETE_MARKER = ".complete"
+# The small-defect variant: the demo's surfaces at 640 px with its line and spot defects only
+# (missing_texture spans 24-48 px), so defects are 1-3 px wide where a 256 px resize leaves < 1.
+SMALL_DEFECT_SIZE = 640
+SMALL_DEFECT_TYPES = ("scratch", "spot", "crack")
+SMALL_DEFECT_CONTRAST = 0.5
 
 Texture = Callable[[np.random.Generator, int, int], np.ndarray]
 Defect = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def generate_demo_dataset(root: Path, seed: int = 0, images_per_domain: int = 100, size: int = 256) -> Path:
-    """Write the dataset under ``root`` (generic layout) unless a matching one is already complete."""
+def generate_demo_dataset(
+    root: Path,
+    seed: int = 0,
+    images_per_domain: int = 100,
+    size: int = 256,
+    defect_types: tuple[str, ...] = DEFECT_TYPES,
+    defect_contrast: float = 1.0,
+) -> Path:
+    """Write the dataset under ``root`` (generic layout) unless a matching one is already complete.
+
+    ``defect_types`` are dealt in turn to the defective images; ``defect_contrast`` scales how far
+    each defect moves the surface (1.0: the demo's own contrast).
+    """
     if images_per_domain < 1 or size < 32:
         raise ValueError(
             f"demo dataset needs images_per_domain >= 1 and size >= 32, got {images_per_domain} and {size}"
+        )
+    unknown = sorted(set(defect_types) - set(DEFECT_TYPES))
+    if not defect_types or unknown or defect_contrast <= 0:
+        raise ValueError(
+            f"defect_types must be a non-empty subset of {DEFECT_TYPES} and defect_contrast > 0, "
+            f"got {defect_types} and {defect_contrast}"
         )
     root = Path(root)
     params = {
@@ -42,6 +64,11 @@ def generate_demo_dataset(root: Path, seed: int = 0, images_per_domain: int = 10
         "images_per_domain": images_per_domain,
         "size": size,
     }
+    # Recorded only when set, so the default demo's marker (and a user's existing copy) stays valid.
+    if tuple(defect_types) != DEFECT_TYPES:
+        params["defect_types"] = list(defect_types)
+    if defect_contrast != 1.0:
+        params["defect_contrast"] = defect_contrast
     marker = root / COMPLETE_MARKER
     if _read_marker(marker) == params:
         return root
@@ -49,11 +76,11 @@ def generate_demo_dataset(root: Path, seed: int = 0, images_per_domain: int = 10
     jobs = [
         (domain_number, image_number, defect)
         for domain_number in range(len(DOMAINS))
-        for image_number, defect in enumerate(_defect_plan(images_per_domain))
+        for image_number, defect in enumerate(_defect_plan(images_per_domain, defect_types))
     ]
 
     def write(job: tuple[int, int, str | None]) -> list[Path]:
-        return _write_image(root, seed, size, *job)
+        return _write_image(root, seed, size, defect_contrast, *job)
 
     # PNG encoding and most numpy work release the GIL, so two threads use both cores.
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -63,13 +90,20 @@ def generate_demo_dataset(root: Path, seed: int = 0, images_per_domain: int = 10
     return root
 
 
+def generate_small_defect_dataset(root: Path, seed: int = 0, images_per_domain: int = 60) -> Path:
+    """The 640 px small-defect variant of the demo (see SMALL_DEFECT_*), for resolution benchmarks."""
+    return generate_demo_dataset(
+        root, seed, images_per_domain, SMALL_DEFECT_SIZE, SMALL_DEFECT_TYPES, SMALL_DEFECT_CONTRAST
+    )
+
+
 def _write_image(
-    root: Path, seed: int, size: int, domain_number: int, image_number: int, defect: str | None
+    root: Path, seed: int, size: int, defect_contrast: float, domain_number: int, image_number: int, defect: str | None
 ) -> list[Path]:
     """Render one image (and its mask) from its own generator and write it; returns the paths written."""
     domain = DOMAINS[domain_number]
     rng = np.random.default_rng([seed, domain_number, image_number])
-    image, mask = _render(domain, defect, rng, size)
+    image, mask = _render(domain, defect, rng, size, defect_contrast)
     stem = f"{domain}_{image_number:03d}"
     paths = [_write_png(root / domain / (defect or "good") / f"{stem}.png", image)]
     if defect is not None:
@@ -85,10 +119,10 @@ def _read_marker(marker: Path) -> dict | None:
         return None
 
 
-def _defect_plan(images_per_domain: int) -> list[str | None]:
+def _defect_plan(images_per_domain: int, defect_types: tuple[str, ...]) -> list[str | None]:
     """None for each normal image, then the defect types in turn for the defective ones."""
     normals = round(images_per_domain * NORMAL_SHARE)
-    defects = [DEFECT_TYPES[i % len(DEFECT_TYPES)] for i in range(images_per_domain - normals)]
+    defects = [defect_types[i % len(defect_types)] for i in range(images_per_domain - normals)]
     return [None] * normals + defects
 
 
@@ -108,12 +142,19 @@ def _remove_stale_images(root: Path, written: set[Path]) -> None:
 
 
 def _render(
-    domain: str, defect: str | None, rng: np.random.Generator, size: int
+    domain: str, defect: str | None, rng: np.random.Generator, size: int, defect_contrast: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """An (H, W) uint8 greyscale image, like most inspection cameras give, and its bool defect mask."""
     height = 2 * size if domain == "woven_grid" else size  # one tall domain exercises aspect handling
     surface = _TEXTURES[domain](rng, height, size)
-    mask = _DEFECTS[defect](surface, rng) if defect else np.zeros(surface.shape, dtype=bool)
+    if defect is None:
+        mask = np.zeros(surface.shape, dtype=bool)
+    elif defect_contrast == 1.0:
+        mask = _DEFECTS[defect](surface, rng)  # drawn in place: the default demo's exact bytes
+    else:
+        clean = surface.copy()
+        mask = _DEFECTS[defect](surface, rng)
+        surface[:] = clean + defect_contrast * (surface - clean)
     surface += _illumination(rng, height, size) + 2.5 * _noise(rng, height, size)
     return np.clip(np.round(surface), 0, 255).astype(np.uint8), mask
 
