@@ -110,14 +110,16 @@ class ArtifactStore(UPathIOManager):
         return read_artifact(path)
 
     def load_input(self, context: InputContext):
-        """A cross-domain asset (input typed ``dict``) gets ``{domain: value}`` even for one domain."""
+        """A cross-domain asset (input typed ``dict``) gets ``{domain: value}`` for every domain, even
+        for one, and a stored None (a domain without a memory bank) stays in it: Dagster's loader
+        drops None values from several partitions (a missing partition raises before that)."""
         loaded = super().load_input(context)
         if not (context.has_asset_partitions and getattr(context.dagster_type.typing_type, "__origin__", None) is dict):
             return loaded
         keys = context.asset_partition_keys
-        if not keys:
-            return {}
-        return {keys[0]: loaded} if len(keys) == 1 else loaded
+        if len(keys) == 1:
+            return {keys[0]: loaded}
+        return {key: loaded.get(key) for key in keys}
 
 
 @io_manager(required_resource_keys={"settings"}, description="Asset values as plain files under the settings' asset_storage.")

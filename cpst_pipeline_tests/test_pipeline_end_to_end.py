@@ -3,6 +3,7 @@ the index, each domain partition, then the cross-domain assets, as `make demo` d
 
 import base64
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,3 +154,15 @@ def test_a_failing_quality_gate_blocks_registration(pipeline):
     assert not gates.passed and gates.metadata["failed"].value
     assert AssetKey("registered_model") not in {e.asset_key for e in again.get_asset_materialization_events()}
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{strict.model_name}'")) == versions_before
+
+
+def test_a_domain_without_normal_images_is_served_by_its_gate_alone(tiny_demo, tmp_path):
+    """One domain holds defects only (as NEU-DET does): no memory bank, and the cross-domain assets
+    still see its partition (a stored None is kept, not dropped)."""
+    root = tmp_path / "images"
+    shutil.copytree(tiny_demo / "brushed_metal", root / "brushed_metal")
+    shutil.copytree(tiny_demo / "speckled_tile", root / "defects_only", ignore=shutil.ignore_patterns("good"))
+    with project(tmp_path, root) as (instance, settings, defs):
+        cascade = _value(materialize_all(defs, instance, cross_domain=["domain_router", "cascade"]), "cascade")
+    assert set(cascade.calibrations) == {"brushed_metal", "defects_only"}
+    assert set(cascade.banks) == {"brushed_metal"} and not cascade.calibrations["defects_only"].has_bank

@@ -52,15 +52,17 @@ def calibration_quality_gates(settings: CpstSettings, calibration: DomainCalibra
 @asset_check(
     asset="calibration",
     partitions_def=domain_partitions,
-    description="Val holds enough defects for the target recall to be supported at 95 % confidence (warns with the count needed).",
+    description="The calibration images (val, plus train_mix where cross-fitted) hold enough defects for the target recall "
+    "to be supported at 95 % confidence (warns with the count needed).",
 )
 def calibration_evidence_sufficient(settings: CpstSettings, calibration: DomainCalibration) -> AssetCheckResult:
-    shortfall = recall_evidence_shortfall(calibration.val, settings.target_recall)
+    figures = calibration.evidence or calibration.val
+    shortfall = recall_evidence_shortfall(figures, settings.target_recall)
     return AssetCheckResult(
         passed=shortfall is None,
         severity=AssetCheckSeverity.WARN,
         description=shortfall,
-        metadata={"val_recall_ci": MetadataValue.json(calibration.val.get("recall_ci"))},
+        metadata={"recall_ci": MetadataValue.json(figures.get("recall_ci")), "defects": MetadataValue.int(int(figures.get("n_anomaly") or 0))},
     )
 
 

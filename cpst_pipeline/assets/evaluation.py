@@ -24,15 +24,24 @@ from cpst_pipeline.resources import CpstSettings
 
 @domain_asset(
     group_name="evaluation",
-    code_version="1",
-    description="The domain's score normalisation, heatmap threshold and gate band [T_low, T_high) on val_mix.",
+    code_version="2",
+    description="The domain's score normalisation, heatmap threshold, gate band [T_low, T_high) and maybe a fused score, "
+    "on val_mix plus train_mix scored by cross-fitted gates (labelled images neither model trained on).",
 )
 def calibration(
-    settings: CpstSettings, embeddings: DomainImages, gate_model: GateNet, memory_bank: MemoryBank | None
+    context: AssetExecutionContext, settings: CpstSettings, embeddings: DomainImages, gate_model: GateNet, memory_bank: MemoryBank | None
 ) -> Output[DomainCalibration]:
-    calibrated = calibrate_domain_cascade(embeddings, gate_model, memory_bank, settings.pipeline_config())
-    table = pd.DataFrame([{"T_low": calibrated.gate_low, "T_high": calibrated.gate_high, "heatmap_threshold": calibrated.heatmap_threshold, **calibrated.val}])
-    return Output(calibrated, metadata={"calibration": MetadataValue.md(table.to_markdown(index=False)), "notes": MetadataValue.json(calibrated.notes)})
+    calibrated = calibrate_domain_cascade(embeddings, gate_model, memory_bank, settings.pipeline_config(), log=context.log.info)
+    thresholds = {"T_low": calibrated.gate_low, "T_high": calibrated.gate_high, "heatmap_threshold": calibrated.heatmap_threshold}
+    table = pd.DataFrame([{"images": "val", **thresholds, **calibrated.val}, {"images": "all evidence", **thresholds, **calibrated.evidence}])
+    return Output(
+        calibrated,
+        metadata={
+            "calibration": MetadataValue.md(table.to_markdown(index=False)),
+            "fused_score": calibrated.fusion is not None,
+            "notes": MetadataValue.json(calibrated.notes),
+        },
+    )
 
 
 @cross_domain_asset(

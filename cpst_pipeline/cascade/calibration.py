@@ -327,17 +327,18 @@ def _summary(calibration: DomainCalibration, labels: np.ndarray, gate_scores: np
     }
 
 
-def recall_evidence_shortfall(val: dict, target_recall: float) -> str | None:
-    """Why a domain's val split cannot support ``target_recall`` at 95 % confidence, or None if it can.
+def recall_evidence_shortfall(figures: dict, target_recall: float) -> str | None:
+    """Why a domain's calibration images (``DomainCalibration.val`` or ``.evidence``) cannot support
+    ``target_recall`` at 95 % confidence, or None if they can.
 
-    The target is supported when the lower end of the val recall's Wilson interval reaches it.
+    The target is supported when the lower end of the recall's Wilson interval reaches it.
     """
-    if not val.get("n_anomaly"):
-        return "no defects in val: recall cannot be measured"
-    low, high = val["recall_ci"]
+    if not figures.get("n_anomaly"):
+        return "no defects to calibrate on: recall cannot be measured"
+    low, high = figures["recall_ci"]
     if low >= target_recall:
         return None
     return (
-        f"val recall {val['recall']:.3f} on {val['n_anomaly']} defects, 95 % interval {low:.3f}-{high:.3f}: too wide to "
+        f"recall {figures['recall']:.3f} on {figures['n_anomaly']} calibration defects, 95 % interval {low:.3f}-{high:.3f}: too wide to "
         f"support the target {target_recall}; at least {trials_needed(target_recall)} defects are needed (all found)"
     )

@@ -14,7 +14,9 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from cpst_pipeline.cascade.calibration import calibrate_domain
+from cpst_pipeline.cascade.calibration import CalibrationEvidence, ScoredImages, calibrate_on_evidence
+from cpst_pipeline.evaluation.folds import FoldError
+from cpst_pipeline.gate.crossfit import crossfit_gate
 from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.gate.model import GateNet
 from cpst_pipeline.gate.train import constant_gate, train_gate
@@ -86,13 +88,37 @@ def raw_heatmap_scores(bank: MemoryBank, images: DomainImages, frame: pd.DataFra
     return np.array([cached[h] for h in frame["content_hash"]])
 
 
-def calibrate_domain_cascade(images: DomainImages, gate: GateNet, bank: MemoryBank | None, config: PipelineConfig) -> DomainCalibration:
-    """The domain's thresholds: the gate band on val_mix, the heatmap threshold on val_mix +
-    train_mix (both unseen by the memory bank)."""
+def out_of_fold_gate_scores(images: DomainImages, frame: pd.DataFrame, config: PipelineConfig, log: Log = print) -> np.ndarray | None:
+    """Gate scores of ``frame``'s rows (training images) from gates cross-fitted by group on the
+    domain's training images, each image scored by a gate that never saw its group; None when
+    the groups cannot give every fold both classes (then the band is fitted on val alone)."""
+    train = images.in_splits(*TRAINING_SPLITS)
+    labels = anomaly_labels(train)
+    try:
+        crossfit = crossfit_gate(
+            gate_embeddings(images, train, config), labels, train["group_id"].to_numpy(), [images.domain] * len(train), config.gate
+        )
+    except FoldError as error:
+        log(f"gate {images.domain}: no out-of-fold scores ({error}); the gate band is fitted on val alone")
+        return None
+    by_row = pd.Series(crossfit.scores, index=train.index)
+    return by_row.loc[frame.index].to_numpy()
+
+
+def calibrate_domain_cascade(images: DomainImages, gate: GateNet, bank: MemoryBank | None, config: PipelineConfig, log: Log = print) -> DomainCalibration:
+    """The domain's thresholds on every labelled image its models did not train on: val (scored by
+    the gate) and train_mix (unseen by the bank, scored by cross-fitted gates)."""
     val, train_mix = images.in_splits("val_mix"), images.in_splits("train_mix")
-    raw, evidence = None, None
+    val_raw = train_raw = None
     if bank is not None:
-        raw = raw_heatmap_scores(bank, images, val, config)
-        evidence = (anomaly_labels(train_mix), raw_heatmap_scores(bank, images, train_mix, config))
-    scores = gate_scores(gate, images, val, config)
-    return calibrate_domain(images.domain, anomaly_labels(val), scores, raw, config.calibration, evidence)
+        val_raw = raw_heatmap_scores(bank, images, val, config)
+        train_raw = raw_heatmap_scores(bank, images, train_mix, config)
+    evidence = CalibrationEvidence(
+        val=ScoredImages(anomaly_labels(val), gate_scores(gate, images, val, config), val_raw, val["group_id"].to_numpy()),
+        train_mix=ScoredImages(
+            anomaly_labels(train_mix), out_of_fold_gate_scores(images, train_mix, config, log), train_raw, train_mix["group_id"].to_numpy()
+        )
+        if len(train_mix)
+        else None,
+    )
+    return calibrate_on_evidence(images.domain, evidence, config.calibration)
