@@ -28,20 +28,24 @@ def _keys(assets: Sequence[AssetsDefinition], partitioned: bool) -> list[str]:
     return [key.to_user_string() for a in assets for key in a.keys if (a.partitions_def is not None) == partitioned and key.to_user_string() not in INDEX_ASSETS]
 
 
+def materialize_or_raise(defs: Definitions, instance: DagsterInstance, selection: Sequence, partition: str | None = None) -> ExecuteInProcessResult:
+    """One in-process run of ``selection`` (of ``partition``) with the definitions' checks and resources."""
+    assets, checks = list(defs.assets or []), list(defs.asset_checks or [])
+    result = materialize([*assets, *checks], selection=selection, partition_key=partition, resources=dict(defs.resources or {}), instance=instance)
+    if not result.success:
+        raise RuntimeError(f"materializing {list(selection)} {partition or ''} failed; see the run {result.run_id} in the UI")
+    return result
+
+
 def materialize_all(
     defs: Definitions, instance: DagsterInstance, domains: Sequence[str] | None = None, cross_domain: Sequence[str] | None = None
 ) -> list[ExecuteInProcessResult]:
     """Run the three steps (step 3 only for ``cross_domain`` assets, if given); raises at the
     first failed run. Returns every run's result."""
-    assets, checks, resources = list(defs.assets or []), list(defs.asset_checks or []), dict(defs.resources or {})
+    assets = list(defs.assets or [])
 
     def run(selection: list[str], partition: str | None = None) -> list[ExecuteInProcessResult]:
-        if not selection:
-            return []
-        result = materialize([*assets, *checks], selection=selection, partition_key=partition, resources=resources, instance=instance)
-        if not result.success:
-            raise RuntimeError(f"materializing {selection} {partition or ''} failed; see the run {result.run_id} in the UI")
-        return [result]
+        return [materialize_or_raise(defs, instance, selection, partition)] if selection else []
 
     results = run(list(INDEX_ASSETS))
     known = instance.get_dynamic_partitions(domain_partitions.name)
@@ -58,7 +62,6 @@ def rebuild_stale(defs: Definitions, instance: DagsterInstance, cursor=None, sel
     """What the retraining sensor does, in this process: tick the automation conditions and run what
     they request (of ``selection``, default all), one run per partition, until nothing is requested.
     Returns the runs' results and the cursor for the next call."""
-    assets, checks, resources = list(defs.assets or []), list(defs.asset_checks or []), dict(defs.resources or {})
     results = []
     for _ in range(max_ticks):
         tick = evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection, cursor=cursor)
@@ -69,11 +72,7 @@ def rebuild_stale(defs: Definitions, instance: DagsterInstance, cursor=None, sel
         for key in defs.resolve_asset_graph().get_all_asset_keys():
             for partition in tick.get_requested_partitions(key):
                 by_partition[partition].append(key)
-        for partition, keys in by_partition.items():
-            result = materialize([*assets, *checks], selection=keys, partition_key=partition, resources=resources, instance=instance)
-            if not result.success:
-                raise RuntimeError(f"rebuilding {keys} {partition or ''} failed; see the run {result.run_id} in the UI")
-            results.append(result)
+        results += [materialize_or_raise(defs, instance, keys, partition) for partition, keys in by_partition.items()]
     raise RuntimeError(f"the automation conditions still requested runs after {max_ticks} ticks")
 
 

@@ -31,7 +31,6 @@ from cpst_pipeline.resources import CpstSettings
 
 # The cross-domain assets a benchmark builds: everything but the MLflow registration.
 UNREGISTERED = ("domain_router", "cascade", "evaluation_report")
-UNREGISTERED_LEFT_OUT = ("evaluation_report", "registered_model")
 
 
 @dataclass
@@ -156,6 +155,6 @@ def rebuild_pipeline(run: PipelineRun, cursor=None, evaluate: bool = False) -> t
     sensor's work; never the registration, and the report only with ``evaluate``); returns what
     was computed and the cursor."""
     index = materialize_all(run.defs, run.instance, domains=[], cross_domain=[])
-    left_out = [a for a in UNREGISTERED_LEFT_OUT if evaluate is False or a == "registered_model"]
+    left_out = ("registered_model",) if evaluate else ("evaluation_report", "registered_model")
     rebuilt, cursor = rebuild_stale(run.defs, run.instance, cursor, AssetSelection.all() - AssetSelection.assets(*left_out))
     return PipelineRun(run.settings, run.instance, run.defs, Materialized.of(index + rebuilt)), cursor

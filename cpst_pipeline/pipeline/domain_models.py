@@ -110,9 +110,9 @@ def calibrate_domain_cascade(images: DomainImages, gate: GateNet, bank: MemoryBa
     the gate) and train_mix (unseen by the bank, scored by cross-fitted gates)."""
     val, train_mix = images.in_splits("val_mix"), images.in_splits("train_mix")
     val_raw = train_raw = None
-    if bank is not None:
-        val_raw = raw_heatmap_scores(bank, images, val, config)
-        train_raw = raw_heatmap_scores(bank, images, train_mix, config)
+    if bank is not None:  # one pass over the score cache for both splits
+        raw = raw_heatmap_scores(bank, images, pd.concat([val, train_mix]), config)
+        val_raw, train_raw = raw[: len(val)], raw[len(val) :]
     evidence = CalibrationEvidence(
         val=ScoredImages(anomaly_labels(val), gate_scores(gate, images, val, config), val_raw, val["group_id"].to_numpy()),
         train_mix=ScoredImages(

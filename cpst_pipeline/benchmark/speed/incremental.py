@@ -3,22 +3,21 @@ rebuilds when new images arrive in one domain, when a new domain arrives, and wh
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from cpst_pipeline.benchmark.pipeline_run import Materialized, PipelineRun, rebuild_pipeline, run_pipeline
 from cpst_pipeline.benchmark.speed.common import Context, Section, verdict
 from cpst_pipeline.benchmark.speed.datasets import neu_subset, subset_datasets
+from cpst_pipeline.pipeline.cross_domain import directory_key
 from cpst_pipeline.resources import CpstSettings
 
 PER_DOMAIN_MODELS = ("gate_model", "memory_bank", "calibration")
 
 
-def stored_digests(run: PipelineRun, asset: str, domain: str) -> dict[str, str]:
-    """sha256 of every file of the asset partition's current stored version."""
-    folder = Path(run.settings.asset_storage_path()) / asset / domain
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+def stored_digest(run: PipelineRun, asset: str, domain: str) -> str:
+    """Hash of every file of the asset partition's stored versions."""
+    return directory_key(Path(run.settings.asset_storage_path()) / asset / domain)
 
 
 def _computed(done: Materialized) -> str:
@@ -46,7 +45,7 @@ def section_incremental(ctx: Context) -> Section:
     full = run_pipeline(settings, evaluate=False)
     counts = full.splits.groupby("domain").size().to_dict()
     first_domains = sorted(counts)
-    before = {(a, d): stored_digests(full, a, d) for a in PER_DOMAIN_MODELS for d in first_domains}
+    before = {(a, d): stored_digest(full, a, d) for a in PER_DOMAIN_MODELS for d in first_domains}
     full_seconds = full.materialized.total_seconds
     section.add("subset", ", ".join(f"{d} {n}" for d, n in sorted(counts.items())) + " images", "", "")
     section.add("full run (index .. cascade)", f"{full_seconds:.1f} s", "", "")
@@ -58,7 +57,7 @@ def section_incremental(ctx: Context) -> Section:
     n_added = sum(1 for _, dst in extra if dst.suffix.lower() == ".jpg")
     added, cursor = rebuild_pipeline(full, cursor)
     kept = "kolektor"
-    kept_identical = all(stored_digests(added, a, kept) == before[(a, kept)] for a in PER_DOMAIN_MODELS)
+    kept_identical = all(stored_digest(added, a, kept) == before[(a, kept)] for a in PER_DOMAIN_MODELS)
     ratio = added.materialized.total_seconds / full_seconds
     embedded = _newly_embedded(added.materialized)
     section.add(f"+{n_added} magnetic_tile images: rebuild of what is stale", f"{added.materialized.total_seconds:.1f} s", "", "")
@@ -72,7 +71,7 @@ def section_incremental(ctx: Context) -> Section:
 
     settings = CpstSettings(data_dir=settings.data_dir, dataset_roots=f"{roots},neu={neu}", device=ctx.device)
     new_domain, cursor = rebuild_pipeline(added.with_settings(settings), cursor)
-    untouched = all(stored_digests(new_domain, a, d) == stored_digests(added, a, d) for a in PER_DOMAIN_MODELS for d in first_domains)
+    untouched = all(stored_digest(new_domain, a, d) == stored_digest(added, a, d) for a in PER_DOMAIN_MODELS for d in first_domains)
     new_ratio = new_domain.materialized.total_seconds / full_seconds
     section.add(f"a new domain (NEU-DET, {sizes.incremental_new_domain} images): rebuild", f"{new_domain.materialized.total_seconds:.1f} s", "", "")
     section.add("  rebuild / full", f"{new_ratio:.1%}", "", "")
