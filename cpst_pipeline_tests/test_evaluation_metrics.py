@@ -6,6 +6,7 @@ from cpst_pipeline.evaluation import metrics
 from cpst_pipeline.evaluation.metrics import (
     PixelAurocAccumulator,
     classification_metrics,
+    ranking_metrics,
     latency_summary,
     pr_points,
     roc_points,
@@ -267,3 +268,14 @@ def test_curve_points():
         roc_points([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="only anomalies"):
         pr_points([1, 1], [0.1, 0.2])
+
+
+def test_ranking_metrics_match_classification_metrics_ranking_part():
+    y, s = [0, 0, 1, 1, 0], [0.1, 0.7, 0.8, 0.4, 0.2]
+    ranking = ranking_metrics(y, s)
+    full = classification_metrics(y, s, [0, 1, 1, 0, 0])
+    for key in ("n", "n_anomaly", "n_normal", "auroc", "average_precision"):
+        assert ranking[key] == full[key], key
+    assert "recall" not in ranking and "f1" not in ranking
+    assert ranking_metrics([1, 1], [0.2, 0.9])["auroc"] is None
+    assert ranking_metrics([1, 1], [0.2, 0.9])["notes"] == ["auroc undefined: only anomalies present", "average_precision undefined: only anomalies present"]

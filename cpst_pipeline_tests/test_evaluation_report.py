@@ -1,6 +1,7 @@
 import base64
 import json
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpst_pipeline.evaluation.metrics import classification_metrics, latency_summary, threshold_sweep
-from cpst_pipeline.evaluation.report import markdown_summary, render_html_report, write_report_json
+from cpst_pipeline.evaluation.metrics import classification_metrics, latency_summary, ranking_metrics, threshold_sweep
+from cpst_pipeline.evaluation.report import _html_section, markdown_summary, render_html_report, write_report_json
 
 
 def _section(y, s, decisions, has_bank=True):
@@ -23,7 +24,7 @@ def _section(y, s, decisions, has_bank=True):
     return {
         "cascade": classification_metrics(y, s, decisions),
         "always_heatmap": classification_metrics(y, s, decisions) if has_bank else None,
-        "gate": classification_metrics(y, s, np.zeros(len(y), int)),
+        "gate": ranking_metrics(y, s),
         "heatmap_call_rate": 0.25,
         "latency": latency,
         "pixel_auroc": 0.9321 if has_bank else None,
@@ -140,3 +141,14 @@ def test_write_report_json_is_strict(tmp_path, report):
     assert data["sweeps"]["bottle gate"][0]["recall"] is None  # NaN -> null
     assert data["run"]["coreset_ratio"] == 0.01
     assert not math.isnan(data["sweeps"]["bottle gate"][0]["false_positive_rate"])
+
+
+def test_gate_column_ranks_without_threshold_metrics(report):
+    """The gate decides nothing alone inside the cascade: its column shows AUROC/AP, no recall or FPR."""
+    table = _html_section(report["domains"]["bottle"])
+    rows = [re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table)]
+    gate = rows[0].index("gate")
+    by_metric = {cells[0]: cells[gate] for cells in rows[1:]}
+    assert by_metric["AUROC"] == "0.875" and by_metric["n"] == "4"
+    for metric in ("precision", "recall", "FPR", "F1", "accuracy"):
+        assert by_metric[metric] == "n/a", metric

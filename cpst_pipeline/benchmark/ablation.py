@@ -5,18 +5,25 @@
 For every domain with a memory bank and pixel masks: image AUROC and pixel AUROC on
 val_mix for the default configuration and for one change at a time (squashed square
 input, exact kNN for every patch, raw distances without position statistics, one coreset over all images,
-smaller coresets, no image-score reweighting, no map smoothing, a bank from 64 images
-only as in the reference run). The test split is never touched here.
+smaller coresets, fewer IVF lists searched, no image-score reweighting, no map smoothing,
+a bank from 64 images only as in the reference run), with the scoring milliseconds per val
+image (kNN + refinement + reweighting; compare them within one run). ``--variants`` keeps
+the variants whose name contains one of its words, ``--backbone`` swaps the backbone (a
+backbone sweep), ``--section`` names the BENCHMARKS.md section. The test split is never
+touched here.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
@@ -36,6 +43,8 @@ from cpst_pipeline.pipeline.domain_images import stored_features
 REFERENCE_TRAIN_IMAGES = 64
 # A smaller bank makes the kNN search, the heatmap path's largest cost, proportionally cheaper.
 SMALLER_CORESETS = (0.025, 0.01)
+# IVF lists searched per query: fewer is faster, and refinement keeps the image score exact.
+FEWER_PROBES = (8, 4, 2, 1)
 
 
 @dataclass(frozen=True)
@@ -63,15 +72,24 @@ def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, varian
     val = splits[(splits["domain"] == domain) & (splits["split"] == "val_mix")]
     labels = (val["label"] == "anomaly").to_numpy().astype(int)
     kind = patch_kind(config.backbone.key(), variant.heatmap_size)
-    image_scores, pixels = [], PixelAurocAccumulator(stride=2)
+    image_scores, pixels, seconds = [], PixelAurocAccumulator(stride=2), 0.0
+    if isinstance(bank.index, faiss.IndexIVF):
+        bank.index.nprobe = min(bank.index.nlist, variant.bank.ivf_nprobe)  # banks are shared across probe counts
     for record, features in zip(val.itertuples(index=False), stored_features(config, kind, val)):
+        started = time.perf_counter()
         scores = score_patches(bank, features, variant.scoring)
+        seconds += time.perf_counter() - started
         image_scores.append(scores.image_score)
         if record.mask_kind == "pixel" or record.label == "normal":
             size = (int(record.height), int(record.width))
             mask = load_mask(record.mask_path, "pixel", size=(size[1], size[0])) if record.mask_kind == "pixel" else None
             pixels.add(mask, anomaly_map(scores.grid, variant.heatmap_size, size, variant.scoring.map_sigma))
-    return {"image_auroc": auroc(labels, np.array(image_scores)), "pixel_auroc": pixels.result(), "bank_patches": len(bank.features)}
+    return {
+        "image_auroc": auroc(labels, np.array(image_scores)),
+        "pixel_auroc": pixels.result(),
+        "bank_patches": len(bank.features),
+        "scoring_ms": 1000 * seconds / max(len(val), 1),
+    }
 
 
 def variants(config: PipelineConfig, default_size: tuple[int, int]) -> dict[str, Variant]:
@@ -84,6 +102,7 @@ def variants(config: PipelineConfig, default_size: tuple[int, int]) -> dict[str,
         "no position statistics (raw distances)": replace(default, scoring=replace(config.scoring, position_stats=False)),
         "one coreset over all images, raw distances": replace(default, bank=replace(config.bank, folds=1)),
         **{f"coreset {ratio:.1%}": replace(default, bank=replace(config.bank, coreset_ratio=ratio)) for ratio in SMALLER_CORESETS},
+        **{f"ivf nprobe {probes} (banks of 16,384+ patches)": replace(default, bank=replace(config.bank, ivf_nprobe=probes)) for probes in FEWER_PROBES},
         "no image-score reweighting": replace(default, scoring=replace(config.scoring, reweight_neighbors=1)),
         "no map smoothing (sigma 0)": replace(default, scoring=replace(config.scoring, map_sigma=0.0)),
         f"bank from {REFERENCE_TRAIN_IMAGES} train images": replace(default, bank_images=REFERENCE_TRAIN_IMAGES),
@@ -97,17 +116,23 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--json", default="benchmarks/ablation.json")
+    parser.add_argument("--variants", nargs="*", default=None, help="keep variants whose name contains one of these")
+    parser.add_argument("--backbone", default=None, help="timm model name (bundled weights: tf_efficientnet_lite0/1/2)")
+    parser.add_argument("--section", default="ablation")
     args = parser.parse_args()
     config = PipelineConfig(data_dir=Path(args.work), dataset_roots=str(Path(args.data).resolve()), device=args.device)
+    if args.backbone:
+        config = replace(config, backbone=replace(config.backbone, model_name=args.backbone))
     splits = split_dataset(index_datasets(config).index, config)
     masked = splits[(splits["split"] == "val_mix") & (splits["mask_kind"] == "pixel")]["domain"].unique()
     banked = [d for d in sorted(masked) if (splits[(splits["domain"] == d)]["split"] == "train_normal").any()]
     sizes = domain_input_sizes(splits, config.resolution)
     results = {}
     for domain in banked:
-        banks = {}  # variants that differ only in scoring share one bank
-        for name, variant in tqdm(variants(config, sizes[domain].heatmap_size).items(), desc=domain):
-            bank_key = (variant.heatmap_size, variant.bank, variant.bank_images)
+        banks = {}  # variants that differ only in scoring or probes share one bank
+        chosen = {n: v for n, v in variants(config, sizes[domain].heatmap_size).items() if not args.variants or any(w in n for w in args.variants)}
+        for name, variant in tqdm(chosen.items(), desc=domain):
+            bank_key = (variant.heatmap_size, replace(variant.bank, ivf_nprobe=0), variant.bank_images)
             if bank_key not in banks:
                 banks[bank_key] = fit_variant_bank(config, splits, domain, variant)
             results.setdefault(domain, {})[name] = val_scores(config, splits, domain, variant, banks[bank_key])
@@ -115,18 +140,20 @@ def main() -> None:
     lines = [
         "## Heatmap-model choices, measured on val_mix",
         "",
-        "`python -m cpst_pipeline.benchmark.ablation --data <datasets>`: one change at a time from the default; the test split is not used.",
+        f"`python -m cpst_pipeline.benchmark.ablation --data <datasets>`: one change at a time from the default; backbone `{config.backbone.model_name}`"
+        f" layers {list(config.backbone.feature_layers)}, {torch.get_num_threads()} torch threads; the test split is not used."
+        " Scoring ms: per val image, kNN + refinement + reweighting (no backbone, no map); compare within this run.",
         "",
-        "| domain | variant | image AUROC | pixel AUROC | bank patches |",
-        "|---|---|---|---|---|",
+        "| domain | variant | image AUROC | pixel AUROC | bank patches | scoring ms |",
+        "|---|---|---|---|---|---|",
     ]
     for domain, by_variant in results.items():
         for name, r in by_variant.items():
-            lines.append(f"| {domain} | {name} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {r['bank_patches']} |")
+            lines.append(f"| {domain} | {name} | {fmt(r['image_auroc'], '.4f')} | {fmt(r['pixel_auroc'], '.4f')} | {r['bank_patches']} | {r['scoring_ms']:.0f} |")
     table = "\n".join(lines)
     print(table)
     write_json_atomic(args.json, results)
-    replace_section(Path(args.output), "ablation", table)
+    replace_section(Path(args.output), args.section, table)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pandas as pd
 
 from cpst_pipeline.cascade.model import CascadeModel
 from cpst_pipeline.data.images import load_image, load_mask
-from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, classification_metrics, latency_summary, threshold_sweep
+from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, classification_metrics, latency_summary, ranking_metrics, threshold_sweep
 from cpst_pipeline.evaluation.pro import ProAccumulator
 from cpst_pipeline.evaluation.plots import plot_heatmap_overlays, plot_pr, plot_roc, plot_score_histograms, plot_threshold_sweep
 
@@ -106,7 +106,8 @@ def _section(rows: pd.DataFrame, pixel_auroc: float | None, pro: float | None, h
     banked = rows[rows["heatmap_score"].notna()]
     section = {
         "cascade": classification_metrics(y, rows["cascade_score"], rows["cascade_decision"]),
-        "gate": classification_metrics(y, rows["gate_score"], rows["cascade_decision"]),
+        # The gate decides nothing alone in a cascade: its column ranks, it does not threshold.
+        "gate": ranking_metrics(y, rows["gate_score"]),
         "always_heatmap": None,
         "heatmap_call_rate": float(rows["heatmap_ran"].mean()),
         "latency": {

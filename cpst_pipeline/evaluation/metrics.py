@@ -105,13 +105,11 @@ def classification_metrics(y_true: ArrayLike, scores: ArrayLike, decisions: Arra
     else:
         f1 = 2 * tp / (2 * tp + fp + fn)
 
-    one_class = _one_class_reason(y)
-    if one_class:
-        notes += [f"auroc undefined: {one_class}", f"average_precision undefined: {one_class}"]
+    ranking = ranking_metrics(y, s)
     return {
-        "n": int(y.size),
-        "n_anomaly": tp + fn,
-        "n_normal": tn + fp,
+        "n": ranking["n"],
+        "n_anomaly": ranking["n_anomaly"],
+        "n_normal": ranking["n_normal"],
         "accuracy": (tp + tn) / y.size,
         "precision": precision,
         "recall": recall,
@@ -119,10 +117,26 @@ def classification_metrics(y_true: ArrayLike, scores: ArrayLike, decisions: Arra
         "false_positive_rate": fpr,
         "recall_ci": _interval(tp, tp + fn),
         "false_positive_rate_ci": _interval(fp, fp + tn),
+        "auroc": ranking["auroc"],
+        "average_precision": ranking["average_precision"],
+        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+        "notes": notes + ranking["notes"],
+    }
+
+
+def ranking_metrics(y_true: ArrayLike, scores: ArrayLike) -> dict[str, Any]:
+    """Ranking metrics of ``scores`` alone (no threshold): n, n_anomaly, n_normal, auroc,
+    average_precision and notes; for a score that decides nothing by itself, such as the
+    gate's inside a cascade."""
+    y, s = labels_and_scores(y_true, scores)
+    one_class = _one_class_reason(y)
+    return {
+        "n": int(y.size),
+        "n_anomaly": int(y.sum()),
+        "n_normal": int((~y).sum()),
         "auroc": None if one_class else float(roc_auc_score(y, s)),
         "average_precision": None if one_class else float(average_precision_score(y, s)),
-        "confusion": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-        "notes": notes,
+        "notes": [f"auroc undefined: {one_class}", f"average_precision undefined: {one_class}"] if one_class else [],
     }
 
 

@@ -16,7 +16,7 @@ The ``report`` dict (plain JSON-like data; ``metrics`` = ``classification_metric
     section = {
         "cascade": metrics,             # the deployed gate -> heatmap cascade
         "always_heatmap": metrics | None,   # None when the domain has no memory bank
-        "gate": metrics | None,         # optional: the gate score on its own (its AUROC/AP)
+        "gate": ranking | None,         # optional: the gate score on its own, ranking metrics only (AUROC/AP)
         "heatmap_call_rate": float | None,  # fraction of items the cascade escalated
         "latency": {                    # per-item seconds summarised; any key may be missing
             "cascade_total": summary, "always_heatmap_total": summary,
