@@ -1,7 +1,7 @@
 """Model assets, one partition per domain: the domain's gate and its PatchCore memory bank."""
 
 
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Output
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MetadataValue, Output
 
 from cpst_pipeline.assets.metadata import number
 from cpst_pipeline.assets.partitions import domain_asset
@@ -30,8 +30,8 @@ def gate_model(context: AssetExecutionContext, settings: CpstSettings, embedding
 
 @domain_asset(
     group_name="models",
-    code_version="1",
-    description="The domain's greedy-coreset PatchCore bank + faiss index; none for a domain without normal images.",
+    code_version="2",
+    description="The domain's greedy-coreset PatchCore bank + faiss index (IVF lists per patch chosen on val); none for a domain without normal images.",
 )
 def memory_bank(context: AssetExecutionContext, settings: CpstSettings, embeddings: DomainImages) -> Output[MemoryBank | None]:
     bank = fit_domain_bank(embeddings, settings.pipeline_config(), log=context.log.info)
@@ -45,5 +45,6 @@ def memory_bank(context: AssetExecutionContext, settings: CpstSettings, embeddin
             "source_patches": bank.meta["source_patches"],
             "coreset_patches": bank.meta["coreset_patches"],
             "build_seconds": bank.meta["build_seconds"],
+            "search_probes": MetadataValue.json(bank.meta.get("search_probes") or {"nprobe": None, "reason": "exact search (flat index)"}),
         },
     )

@@ -8,8 +8,8 @@ input, exact kNN for every patch, raw distances without position statistics, one
 smaller coresets, fewer IVF lists searched, no image-score reweighting, no map smoothing,
 a bank from 64 images only as in the reference run), with the scoring milliseconds per val
 image (kNN + refinement + reweighting; compare them within one run). ``--variants`` keeps
-the variants whose name contains one of its words, ``--backbone`` swaps the backbone (a
-backbone sweep), ``--section`` names the BENCHMARKS.md section. The test split is never
+the variants whose name contains one of its words, ``--backbone`` and ``--layers`` swap the
+backbone or its feature stages (a sweep), ``--section`` names the BENCHMARKS.md section. The test split is never
 touched here.
 """
 
@@ -28,14 +28,15 @@ from tqdm import tqdm
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.data.images import load_mask
-from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, auroc
+from cpst_pipeline.evaluation.metrics import auroc
 from cpst_pipeline.features.embed import DomainInputs, domain_input_sizes, embed_domain, patch_kind
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
-from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+from cpst_pipeline.patchcore.scoring import ScoringConfig
 from cpst_pipeline.patchcore.training import fit_memory_bank
+from cpst_pipeline.patchcore.val_scores import ValImage, score_val_images
 from cpst_pipeline.pipeline.config import PipelineConfig
 from cpst_pipeline.pipeline.dataset import index_datasets, split_dataset
 from cpst_pipeline.pipeline.domain_images import stored_features
@@ -67,29 +68,42 @@ def fit_variant_bank(config: PipelineConfig, splits: pd.DataFrame, domain: str, 
     return fit_memory_bank(stored_features(config, kind, normal), normal["group_id"].tolist(), variant.bank)
 
 
+def val_images(config: PipelineConfig, val: pd.DataFrame, kind: str) -> list[ValImage]:
+    """``val``'s images with their masks; every defect image without a pixel mask stays out of pixel AUROC."""
+    images = []
+    for record, features in zip(val.itertuples(index=False), stored_features(config, kind, val)):
+        size = (int(record.height), int(record.width))
+        mask = load_mask(record.mask_path, "pixel", size=(size[1], size[0])) if record.mask_kind == "pixel" else None
+        images.append(ValImage(features, size, mask, in_pixel_auroc=record.mask_kind == "pixel" or record.label == "normal"))
+    return images
+
+
 def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, variant: Variant, bank: MemoryBank) -> dict:
     """Image and pixel AUROC on ``domain``'s val split for one variant."""
     val = splits[(splits["domain"] == domain) & (splits["split"] == "val_mix")]
     labels = (val["label"] == "anomaly").to_numpy().astype(int)
-    kind = patch_kind(config.backbone.key(), variant.heatmap_size)
-    image_scores, pixels, seconds = [], PixelAurocAccumulator(stride=2), 0.0
     if isinstance(bank.index, faiss.IndexIVF):
         bank.index.nprobe = min(bank.index.nlist, variant.bank.ivf_nprobe)  # banks are shared across probe counts
-    for record, features in zip(val.itertuples(index=False), stored_features(config, kind, val)):
-        started = time.perf_counter()
-        scores = score_patches(bank, features, variant.scoring)
-        seconds += time.perf_counter() - started
-        image_scores.append(scores.image_score)
-        if record.mask_kind == "pixel" or record.label == "normal":
-            size = (int(record.height), int(record.width))
-            mask = load_mask(record.mask_path, "pixel", size=(size[1], size[0])) if record.mask_kind == "pixel" else None
-            pixels.add(mask, anomaly_map(scores.grid, variant.heatmap_size, size, variant.scoring.map_sigma))
+    images = val_images(config, val, patch_kind(config.backbone.key(), variant.heatmap_size))
+    scores = score_val_images(bank, images, variant.scoring, variant.heatmap_size)
     return {
-        "image_auroc": auroc(labels, np.array(image_scores)),
-        "pixel_auroc": pixels.result(),
+        "image_auroc": auroc(labels, scores.image_scores),
+        "pixel_auroc": scores.pixel_auroc,
         "bank_patches": len(bank.features),
-        "scoring_ms": 1000 * seconds / max(len(val), 1),
+        "scoring_ms": 1000 * scores.scoring_seconds / max(len(val), 1),
     }
+
+
+def forward_ms(config: PipelineConfig, size: tuple[int, int], repeats: int = 10) -> float:
+    """Median milliseconds of one heatmap-resolution backbone pass (batch 1), the unit the latency targets use."""
+    extractor = FeatureExtractor(config.backbone, config.device)
+    batch = extractor.batch([np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)], size)
+    times = []
+    for _ in range(repeats + 2):  # the first two warm up
+        started = time.perf_counter()
+        extractor.patch_features(batch)
+        times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times[2:]))
 
 
 def variants(config: PipelineConfig, default_size: tuple[int, int]) -> dict[str, Variant]:
@@ -118,17 +132,20 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/ablation.json")
     parser.add_argument("--variants", nargs="*", default=None, help="keep variants whose name contains one of these")
     parser.add_argument("--backbone", default=None, help="timm model name (bundled weights: tf_efficientnet_lite0/1/2)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, help="backbone stages to read patch features from")
     parser.add_argument("--section", default="ablation")
     args = parser.parse_args()
     config = PipelineConfig(data_dir=Path(args.work), dataset_roots=str(Path(args.data).resolve()), device=args.device)
-    if args.backbone:
-        config = replace(config, backbone=replace(config.backbone, model_name=args.backbone))
+    if args.backbone or args.layers:
+        backbone = replace(config.backbone, model_name=args.backbone or config.backbone.model_name)
+        config = replace(config, backbone=replace(backbone, feature_layers=tuple(args.layers or backbone.feature_layers)))
     splits = split_dataset(index_datasets(config).index, config)
     masked = splits[(splits["split"] == "val_mix") & (splits["mask_kind"] == "pixel")]["domain"].unique()
     banked = [d for d in sorted(masked) if (splits[(splits["domain"] == d)]["split"] == "train_normal").any()]
     sizes = domain_input_sizes(splits, config.resolution)
-    results = {}
+    results, forward = {}, {}
     for domain in banked:
+        forward[domain] = forward_ms(config, sizes[domain].heatmap_size)
         banks = {}  # variants that differ only in scoring or probes share one bank
         chosen = {n: v for n, v in variants(config, sizes[domain].heatmap_size).items() if not args.variants or any(w in n for w in args.variants)}
         for name, variant in tqdm(chosen.items(), desc=domain):
@@ -150,9 +167,12 @@ def main() -> None:
     for domain, by_variant in results.items():
         for name, r in by_variant.items():
             lines.append(f"| {domain} | {name} | {fmt(r['image_auroc'], '.4f')} | {fmt(r['pixel_auroc'], '.4f')} | {r['bank_patches']} | {r['scoring_ms']:.0f} |")
+    lines += ["", "Backbone pass at the heatmap resolution, batch 1 (median of 10): " + ", ".join(
+        f"{domain} {sizes[domain].heatmap_size[0]}x{sizes[domain].heatmap_size[1]} {ms:.1f} ms" for domain, ms in forward.items()
+    ) + "."]
     table = "\n".join(lines)
     print(table)
-    write_json_atomic(args.json, results)
+    write_json_atomic(args.json, {"variants": results, "forward_ms": forward})
     replace_section(Path(args.output), args.section, table)
 
 

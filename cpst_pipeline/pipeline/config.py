@@ -17,6 +17,7 @@ from cpst_pipeline.features.embed import ResolutionConfig
 from cpst_pipeline.gate.train import GateTrainConfig
 from cpst_pipeline.patchcore.bank import BankConfig
 from cpst_pipeline.patchcore.scoring import ScoringConfig
+from cpst_pipeline.patchcore.search_probes import ProbeRule
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class PipelineConfig:
     gate: GateTrainConfig = field(default_factory=GateTrainConfig)
     bank: BankConfig = field(default_factory=BankConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    search_probes: ProbeRule = field(default_factory=ProbeRule)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     @property

@@ -18,12 +18,15 @@ from cpst_pipeline.cascade.calibration import CalibrationEvidence, ScoredImages,
 from cpst_pipeline.evaluation.folds import FoldError
 from cpst_pipeline.gate.crossfit import crossfit_gate
 from cpst_pipeline.cascade.policy import DomainCalibration
+from cpst_pipeline.data.images import load_mask
 from cpst_pipeline.gate.model import GateNet
 from cpst_pipeline.gate.train import constant_gate, train_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.patchcore.scoring import score_patches
+from cpst_pipeline.patchcore.search_probes import choose_probes
 from cpst_pipeline.patchcore.training import fit_memory_bank
+from cpst_pipeline.patchcore.val_scores import ValImage
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 from cpst_pipeline.pipeline.dataset import TRAINING_SPLITS, anomaly_labels
 from cpst_pipeline.pipeline.domain_images import DomainImages, gate_embeddings, patch_features
@@ -72,7 +75,21 @@ def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = pri
     key = content_key(images.backbone_key, size, list(zip(normal["content_hash"], normal["group_id"])), config.bank)
     log(f"memory bank {images.domain}: coreset of {len(normal)} images at {size[0]}x{size[1]}")
     meta = {"domain": images.domain, "images": len(normal), "input_size": list(size), "content_key": key}
-    return fit_memory_bank(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
+    bank = fit_memory_bank(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
+    choice = None if bank.is_exact else choose_probes(bank, val_images(images, config), config.scoring, size, config.search_probes)
+    if choice is not None:
+        bank.meta["search_probes"] = choice.summary()
+        log(f"memory bank {images.domain}: {choice.nprobe} IVF lists per patch ({choice.reason}): {choice.pixel_auroc}")
+    return bank
+
+
+def val_images(images: DomainImages, config: PipelineConfig) -> list[ValImage]:
+    """The domain's val images that pixel AUROC can use (pixel masks, or normal), in a fixed order."""
+    val = images.in_splits("val_mix")
+    val = val[(val["mask_kind"] == "pixel") | (val["label"] == "normal")].sort_values("content_hash")
+    masks = [load_mask(r.mask_path, "pixel", size=(int(r.width), int(r.height))) if r.mask_kind == "pixel" else None for r in val.itertuples()]
+    sizes = zip(val["height"].astype(int), val["width"].astype(int))
+    return [ValImage(patches, size, mask) for patches, size, mask in zip(patch_features(images, val, config), sizes, masks)]
 
 
 def raw_heatmap_scores(bank: MemoryBank, images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> np.ndarray:

@@ -12,7 +12,7 @@ from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank, build_faiss_ind
 from cpst_pipeline.patchcore.scoring import score_patches
 
 # IVF lists probed per query: recall@1 and speed for each (the bank's default is BankConfig.ivf_nprobe).
-IVF_NPROBES = (4, 8, 16, 32)
+IVF_NPROBES = (1, 2, 4, 8, 16, 32)
 
 
 def faiss_rows(section: Section, model: CascadeModel, test: pd.DataFrame, n_images: int) -> None:
