@@ -155,7 +155,7 @@ def main() -> None:
             results.setdefault(domain, {})[name] = val_scores(config, splits, domain, variant, banks[bank_key])
             tqdm.write(f"{domain} | {name} | {results[domain][name]}")
     lines = [
-        "## Heatmap-model choices, measured on val_mix",
+        f"## Heatmap-model choices, measured on val_mix: `{config.backbone.model_name}`, layers {list(config.backbone.feature_layers)}",
         "",
         f"`python -m cpst_pipeline.benchmark.ablation --data <datasets>`: one change at a time from the default; backbone `{config.backbone.model_name}`"
         f" layers {list(config.backbone.feature_layers)}, {torch.get_num_threads()} torch threads; the test split is not used."
