@@ -25,7 +25,7 @@ from cpst_pipeline.patchcore.val_scores import ValImage, score_val_images
 @dataclass(frozen=True)
 class ProbeRule:
     candidates: tuple[int, ...] = (1, 2, 4, 8)
-    # Within the tolerance for search shortcuts (0.005), tighter: maps are what users look at.
+    # Tighter than the 0.005 of image AUROC allowed to search shortcuts: maps are what users look at.
     max_pixel_auroc_loss: float = 0.002
     # Val images scored per setting (an even sample beyond this): the comparison is paired, so
     # a sample measures the loss well, and the exact reference is the expensive part.
