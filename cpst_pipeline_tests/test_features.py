@@ -27,7 +27,7 @@ from cpst_pipeline.features.backbone import (
     create_feature_network,
 )
 from cpst_pipeline.features.embed import DomainInputs, embed_domain, gate_kind, patch_kind
-from cpst_pipeline.features.extractor import FeatureExtractor, reduce_channels
+from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.loader import iter_resized_batches
 from cpst_pipeline.features.preprocess import SIZE_MULTIPLE, fit_input_size, resize_image, to_batch
 from cpst_pipeline.features.store import FeatureStore
@@ -225,7 +225,6 @@ def test_backbone_key_changes_with_every_field() -> None:
         replace(base, weights="/some/checkpoint.pth"),
         replace(base, feature_layers=(1, 2)),
         replace(base, feature_layers=(2, 3, 4)),
-        replace(base, patch_dim=152),
     ]
     keys = {base.key(), *(v.key() for v in variants)}
     assert len(keys) == len(variants) + 1
@@ -248,22 +247,6 @@ def test_patch_features_and_embedding_shapes(extractor: FeatureExtractor) -> Non
     assert torch.allclose(embedding[:, 152:], flat.amax(dim=1), atol=1e-5)
     # different images give different features
     assert not torch.allclose(embedding[0], embedding[1])
-
-
-def test_reduce_channels_weighs_every_stage_alike() -> None:
-    """Each stage pooled to the size, then the concatenation pooled again (PatchCore's reduction)."""
-    shallow, deep = torch.arange(4.0).reshape(1, 4, 1, 1), torch.full((1, 8, 1, 1), 10.0)
-    # stage 1 pooled to 2: [0.5, 2.5]; stage 2: [10, 10]; [0.5, 2.5, 10, 10] pooled to 2: [1.5, 10]
-    assert reduce_channels([shallow, deep], 2).flatten().tolist() == [1.5, 10.0]
-    maps = [torch.randn(2, 40, 3, 5), torch.randn(2, 112, 3, 5)]
-    assert reduce_channels(maps, 16).shape == (2, 3, 5, 16)
-
-
-def test_extractor_with_patch_dim_reads_a_deeper_stage_at_the_same_size() -> None:
-    extractor = FeatureExtractor(BackboneConfig(feature_layers=(2, 3, 4), patch_dim=152), device="cpu")
-    batch = extractor.batch([np.zeros((64, 128, 3), np.uint8)], (64, 128))
-    assert extractor.feature_dim == 152
-    assert extractor.patch_features(batch).shape == (1, 8, 16, 152)
 
 
 def test_batch_of_a_grey_image_equals_the_batch_of_its_rgb_copy(tiny_demo: Path, extractor: FeatureExtractor) -> None:

@@ -8,8 +8,8 @@ input, exact kNN for every patch, raw distances without position statistics, one
 smaller coresets, fewer IVF lists searched, no image-score reweighting, no map smoothing,
 a bank from 64 images only as in the reference run), with the scoring milliseconds per val
 image (kNN + refinement + reweighting; compare them within one run). ``--variants`` keeps
-the variants whose name contains one of its words, ``--backbone``, ``--layers`` and
-``--patch-dim`` swap the backbone, its feature stages or their pooled size (a sweep), ``--section`` names the BENCHMARKS.md section. The test split is never
+the variants whose name contains one of its words, ``--backbone`` and ``--layers`` swap the
+backbone or its feature stages (a sweep), ``--section`` names the BENCHMARKS.md section. The test split is never
 touched here.
 """
 
@@ -133,13 +133,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=None, help="keep variants whose name contains one of these")
     parser.add_argument("--backbone", default=None, help="timm model name (bundled weights: tf_efficientnet_lite0/1/2)")
     parser.add_argument("--layers", type=int, nargs="+", default=None, help="backbone stages to read patch features from")
-    parser.add_argument("--patch-dim", type=int, default=None, help="pool each patch feature to this size (BackboneConfig.patch_dim)")
     parser.add_argument("--section", default="ablation")
     args = parser.parse_args()
     config = PipelineConfig(data_dir=Path(args.work), dataset_roots=str(Path(args.data).resolve()), device=args.device)
-    backbone = config.backbone
-    backbone = replace(backbone, model_name=args.backbone or backbone.model_name, feature_layers=tuple(args.layers or backbone.feature_layers))
-    config = replace(config, backbone=replace(backbone, patch_dim=args.patch_dim or backbone.patch_dim))
+    if args.backbone or args.layers:
+        backbone = replace(config.backbone, model_name=args.backbone or config.backbone.model_name)
+        config = replace(config, backbone=replace(backbone, feature_layers=tuple(args.layers or backbone.feature_layers)))
     splits = split_dataset(index_datasets(config).index, config)
     masked = splits[(splits["split"] == "val_mix") & (splits["mask_kind"] == "pixel")]["domain"].unique()
     banked = [d for d in sorted(masked) if (splits[(splits["domain"] == d)]["split"] == "train_normal").any()]
@@ -156,8 +155,7 @@ def main() -> None:
             results.setdefault(domain, {})[name] = val_scores(config, splits, domain, variant, banks[bank_key])
             tqdm.write(f"{domain} | {name} | {results[domain][name]}")
     lines = [
-        f"## Heatmap-model choices, measured on val_mix: `{config.backbone.model_name}`, layers {list(config.backbone.feature_layers)}"
-        + (f", patch features pooled to {config.backbone.patch_dim}" if config.backbone.patch_dim else ""),
+        f"## Heatmap-model choices, measured on val_mix: `{config.backbone.model_name}`, layers {list(config.backbone.feature_layers)}",
         "",
         f"`python -m cpst_pipeline.benchmark.ablation --data <datasets>`: one change at a time from the default; backbone `{config.backbone.model_name}`"
         f" layers {list(config.backbone.feature_layers)}, {torch.get_num_threads()} torch threads; the test split is not used."

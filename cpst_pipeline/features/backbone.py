@@ -36,10 +36,6 @@ class BackboneConfig:
     weights: str = "bundled"
     # Two mid-level stages: fine enough for small defects, semantic enough to ignore noise.
     feature_layers: tuple[int, ...] = (2, 3)
-    # None: the stages' channels concatenated. A size: each stage average-pooled over its channels
-    # to this size, then their concatenation pooled to it again (PatchCore's reduction), so deeper
-    # stages add meaning without multiplying the kNN's cost.
-    patch_dim: int | None = None
 
     def key(self) -> str:
         payload = json.dumps(asdict(self), sort_keys=True).encode()

@@ -17,15 +17,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def reduce_channels(stages: list[torch.Tensor], size: int) -> torch.Tensor:
-    """(B, C_l, h, w) stage maps -> (B, h, w, size): each stage pooled over its channels to ``size``,
-    so every stage weighs alike, then their concatenation pooled to ``size``."""
-    batch, _, height, width = stages[0].shape
-    per_stage = [F.adaptive_avg_pool1d(m.permute(0, 2, 3, 1).reshape(-1, 1, m.shape[1]), size) for m in stages]
-    joined = F.adaptive_avg_pool1d(torch.cat(per_stage, dim=2), size)
-    return joined.reshape(batch, height, width, size).float()
-
-
 class FeatureExtractor:
     """Runs the backbone and turns its stage outputs into locally aware patch features."""
 
@@ -34,7 +25,7 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.network = create_feature_network(config).to(self.device, memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.network)
-        self.feature_dim = config.patch_dim or sum(self.network.feature_info.channels())
+        self.feature_dim = sum(self.network.feature_info.channels())
 
     def batch(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """(H, W) grey or (H, W, 3) RGB uint8 images -> one input tensor; grey is resized while it is
@@ -57,9 +48,7 @@ class FeatureExtractor:
             if pooled.shape[-2:] != grid:
                 pooled = F.interpolate(pooled, size=grid, mode="bilinear", align_corners=False)
             aggregated.append(pooled)
-        if self.config.patch_dim is None:
-            return torch.cat(aggregated, dim=1).permute(0, 2, 3, 1).float()
-        return reduce_channels(aggregated, self.config.patch_dim)
+        return torch.cat(aggregated, dim=1).permute(0, 2, 3, 1).float()
 
     @torch.inference_mode()
     def image_embedding(self, batch: torch.Tensor) -> torch.Tensor:
