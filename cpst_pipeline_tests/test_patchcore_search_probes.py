@@ -5,7 +5,7 @@ from dataclasses import replace
 import faiss
 import numpy as np
 
-from cpst_pipeline.patchcore.bank import MemoryBank, build_faiss_index
+from cpst_pipeline.patchcore.bank import MemoryBank, build_faiss_index, load_memory_bank, save_memory_bank
 from cpst_pipeline.patchcore.scoring import ScoringConfig
 from cpst_pipeline.patchcore.search_probes import ProbeRule, choose_probes, even_sample
 from cpst_pipeline.patchcore.val_scores import ValImage, score_val_images
@@ -96,3 +96,9 @@ def test_pipeline_bank_chooses_its_probes_on_the_domain_val(tiny_pipeline):
     choice = bank.meta["search_probes"]
     assert choice["nprobe"] == bank.index.nprobe
     assert choice["val_pixel_auroc"]["exact"] is not None
+
+
+def test_the_chosen_count_survives_saving(tmp_path):
+    bank = ivf_bank()
+    choose_probes(bank, val_set(), SCORING, (SIZE, SIZE), ProbeRule(candidates=(2,), max_pixel_auroc_loss=1.0))
+    assert load_memory_bank(save_memory_bank(bank, tmp_path / "bank")).index.nprobe == 2
