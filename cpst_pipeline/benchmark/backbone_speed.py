@@ -21,7 +21,7 @@ from cpst_pipeline.benchmark.markdown import replace_section
 from cpst_pipeline.features.backbone import BUNDLED_MODELS
 from cpst_pipeline.pipeline.config import PipelineConfig
 
-LAYER_SETS = ((2, 3), (2, 3, 4), (3, 4))
+LAYER_SETS = ((2, 3), (2, 3, 4))
 
 
 def main() -> None:
