@@ -10,10 +10,14 @@ from cpst_pipeline.pipeline.domain_images import DomainImages, embed_domain_imag
 from cpst_pipeline.resources import CpstSettings
 
 
+NOT_TRIED = "not tried: images under twice the default short side, no normal training images, or val without both classes"
+
+
 @domain_asset(
     group_name="features",
-    code_version="1",
-    description="The domain's images with their gate embeddings (and PatchCore patch features where it gets a bank) in the feature store.",
+    code_version="2",
+    description="The domain's images with their gate embeddings (and PatchCore patch features where it gets a bank) in the feature store, "
+    "at a heatmap resolution tried on val for large images.",
 )
 def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[DomainImages]:
     config = settings.pipeline_config()
@@ -28,6 +32,7 @@ def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: p
             "newly_embedded": computed,
             "gate_input": MetadataValue.json(list(images.inputs.gate_size)),
             "heatmap_input": MetadataValue.json(list(images.inputs.heatmap_size)),
+            "heatmap_resolution": MetadataValue.json(images.resolution or {"chosen": "default", "reason": NOT_TRIED}),
             "store": MetadataValue.path(str(config.features_dir)),
         },
     )

@@ -16,93 +16,24 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
-import numpy as np
 import pandas as pd
 import torch
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.data.demo import generate_small_defect_dataset
-from cpst_pipeline.data.images import load_image, load_mask
 from cpst_pipeline.data.index import build_index
 from cpst_pipeline.data.layouts import DatasetRoot
 from cpst_pipeline.data.splits import assign_splits
-from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, auroc
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.extractor import FeatureExtractor
-from cpst_pipeline.features.resolution import (
-    ResolutionCandidate,
-    ResolutionChoice,
-    ResolutionMeasurement,
-    ResolutionRule,
-    choose_resolution,
-    resolution_candidates,
-)
-from cpst_pipeline.features.tiling import TiledFeatures, extract_tiled_features
-from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
-from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
-from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank, score_tiles
-from cpst_pipeline.patchcore.training import fit_memory_bank
-
-
-@dataclass(frozen=True)
-class CandidateResult:
-    measurement: ResolutionMeasurement
-    val_pixel_auroc: float | None
-    bank_seconds: float
-
-
-class CandidateRun:
-    """Bank and val scoring of one domain at one candidate resolution."""
-
-    def __init__(self, extractor: FeatureExtractor, candidate: ResolutionCandidate, median_size: tuple[float, float]):
-        self.extractor = extractor
-        self.candidate = candidate
-        self.input_size = candidate.input_size(*median_size)
-
-    def features(self, image: np.ndarray) -> TiledFeatures | np.ndarray:
-        if self.candidate.tiling is not None:
-            return extract_tiled_features(self.extractor, image, self.candidate.tiling)
-        batch = self.extractor.batch([image], self.input_size)
-        return self.extractor.patch_features(batch)[0].cpu().numpy().astype(np.float16)
-
-    def fit(self, rows: pd.DataFrame, config: BankConfig) -> MemoryBank:
-        features = [self.features(load_image(path)) for path in rows["path"]]
-        fit = fit_tiled_memory_bank if self.candidate.tiling is not None else fit_memory_bank
-        return fit(features, rows["group_id"].tolist(), config)
-
-    def score(self, bank: MemoryBank, image: np.ndarray, config: ScoringConfig) -> tuple[float, np.ndarray]:
-        """Image score and the anomaly map at the image's own size."""
-        features = self.features(image)
-        if self.candidate.tiling is not None:
-            tiled = score_tiles(bank, features, config)
-            return tiled.image_score, anomaly_map(tiled.map, tiled.map.shape, image.shape[:2], config.map_sigma)
-        scores = score_patches(bank, features, config)
-        return scores.image_score, anomaly_map(scores.grid, self.input_size, image.shape[:2], config.map_sigma)
-
-
-def measure(run: CandidateRun, bank_rows: pd.DataFrame, val_rows: pd.DataFrame, bank_config: BankConfig) -> CandidateResult:
-    started = time.perf_counter()
-    bank = run.fit(bank_rows, bank_config)
-    bank_seconds = time.perf_counter() - started
-    scoring = ScoringConfig()
-    image_scores, seconds = [], []
-    pixels = PixelAurocAccumulator(stride=2)  # exact AUROC over a regular quarter of the pixels
-    for row in val_rows.itertuples():
-        image = load_image(row.path)
-        started = time.perf_counter()
-        score, heatmap = run.score(bank, image, scoring)
-        seconds.append(time.perf_counter() - started)
-        image_scores.append(score)
-        mask = load_mask(row.mask_path, row.mask_kind, (image.shape[1], image.shape[0])) if isinstance(row.mask_path, str) else None
-        pixels.add(mask, heatmap)
-    labels = (val_rows["label"] == "anomaly").to_numpy()
-    measurement = ResolutionMeasurement(run.candidate, auroc(labels, image_scores), float(np.mean(seconds)))
-    return CandidateResult(measurement, pixels.result(), bank_seconds)
+from cpst_pipeline.features.resolution import ResolutionChoice, ResolutionRule, choose_resolution, resolution_candidates
+from cpst_pipeline.patchcore.bank import BankConfig
+from cpst_pipeline.patchcore.scoring import ScoringConfig
+from cpst_pipeline.pipeline.heatmap_resolution import CandidateResult, CandidateRun, even_rows, measure_candidate, median_size
 
 
 @dataclass(frozen=True)
@@ -116,17 +47,14 @@ class DomainResult:
 
 
 def benchmark_domain(extractor: FeatureExtractor, domain: str, rows: pd.DataFrame, bank_images: int | None) -> DomainResult:
-    median_size = (float(rows["height"].median()), float(rows["width"].median()))
-    bank_rows = rows[rows["split"] == "train_normal"]
-    if bank_images is not None and len(bank_rows) > bank_images:
-        # An even sample keeps every part of the sequence represented.
-        bank_rows = bank_rows.iloc[np.linspace(0, len(bank_rows) - 1, bank_images).round().astype(int)]
+    size = median_size(rows)
+    bank_rows = even_rows(rows[rows["split"] == "train_normal"], bank_images)
     val_rows = rows[rows["split"] == "val_mix"]
     defective = int((val_rows["label"] == "anomaly").sum())
-    print(f"{domain}: {median_size[0]:.0f}x{median_size[1]:.0f} px, bank {len(bank_rows)} images, val {len(val_rows)} ({defective} defective)", flush=True)
+    print(f"{domain}: {size[0]:.0f}x{size[1]:.0f} px, bank {len(bank_rows)} images, val {len(val_rows)} ({defective} defective)", flush=True)
     results = []
-    for candidate in resolution_candidates(*median_size):
-        result = measure(CandidateRun(extractor, candidate, median_size), bank_rows, val_rows, BankConfig())
+    for candidate in resolution_candidates(*size):
+        result = measure_candidate(CandidateRun(extractor, candidate, size), bank_rows, val_rows, BankConfig(), ScoringConfig())
         m = result.measurement
         print(
             f"  {candidate.name:>10}: val image AUROC {fmt(m.val_image_auroc)}, pixel AUROC {fmt(result.val_pixel_auroc)}, "

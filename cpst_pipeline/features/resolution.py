@@ -56,6 +56,16 @@ class ResolutionRule:
 
 
 @dataclass(frozen=True)
+class ResolutionTrialConfig:
+    """When the pipeline tries candidates for a domain (pipeline/heatmap_resolution.py)."""
+
+    # Bank images per candidate (an even sample): enough to rank candidates, far cheaper than the real bank.
+    bank_images: int = 64
+    # Only for images whose short side is at least this many default short sides.
+    min_scale: float = 2.0
+
+
+@dataclass(frozen=True)
 class ResolutionChoice:
     chosen: ResolutionCandidate
     reason: str

@@ -14,6 +14,7 @@ from cpst_pipeline.data.rules import IndexRules
 from cpst_pipeline.data.splits import SplitConfig
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.embed import ResolutionConfig
+from cpst_pipeline.features.resolution import ResolutionTrialConfig
 from cpst_pipeline.gate.train import GateTrainConfig
 from cpst_pipeline.patchcore.bank import BankConfig
 from cpst_pipeline.patchcore.scoring import ScoringConfig
@@ -31,6 +32,7 @@ class PipelineConfig:
     index_check: IndexCheckConfig = field(default_factory=IndexCheckConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    resolution_trial: ResolutionTrialConfig = field(default_factory=ResolutionTrialConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
     gate: GateTrainConfig = field(default_factory=GateTrainConfig)
     bank: BankConfig = field(default_factory=BankConfig)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 from cpst_pipeline.pipeline.dataset import frame_version
+from cpst_pipeline.pipeline.heatmap_resolution import choice_json, choose_domain_resolution, median_size
 
 Log = Callable[[str], None]
 
@@ -28,6 +30,8 @@ class DomainImages:
     rows: pd.DataFrame
     inputs: DomainInputs
     backbone_key: str
+    # How the heatmap resolution was chosen (pipeline/heatmap_resolution.py); None: the default, untried.
+    resolution: dict | None = None
 
     def in_splits(self, *names: str) -> pd.DataFrame:
         return self.rows[self.rows["split"].isin(names)]
@@ -44,14 +48,20 @@ class DomainImages:
     def save(self, directory: Path) -> None:
         with atomic_path(Path(directory) / "rows.parquet") as tmp:
             self.rows.to_parquet(tmp, index=False)
-        spec = {"domain": self.domain, "backbone_key": self.backbone_key, "gate_size": self.inputs.gate_size, "heatmap_size": self.inputs.heatmap_size}
+        spec = {
+            "domain": self.domain,
+            "backbone_key": self.backbone_key,
+            "gate_size": self.inputs.gate_size,
+            "heatmap_size": self.inputs.heatmap_size,
+            "resolution": self.resolution,
+        }
         write_json_atomic(Path(directory) / "images.json", spec)
 
     @classmethod
     def load(cls, directory: Path) -> "DomainImages":
         spec = json.loads((Path(directory) / "images.json").read_text())
         inputs = DomainInputs(heatmap_size=tuple(spec["heatmap_size"]), gate_size=tuple(spec["gate_size"]))
-        return cls(spec["domain"], pd.read_parquet(Path(directory) / "rows.parquet"), inputs, spec["backbone_key"])
+        return cls(spec["domain"], pd.read_parquet(Path(directory) / "rows.parquet"), inputs, spec["backbone_key"], spec.get("resolution"))
 
 
 def embed_domain_images(splits: pd.DataFrame, domain: str, config: PipelineConfig, log: Log = print) -> tuple[DomainImages, int]:
@@ -60,7 +70,13 @@ def embed_domain_images(splits: pd.DataFrame, domain: str, config: PipelineConfi
     rows = splits[splits["domain"] == domain].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"domain {domain!r} has no images in the split table; re-materialize dataset_index and splits")
-    images = DomainImages(domain, rows, domain_input_sizes(rows, config.resolution)[domain], config.backbone.key())
+    extractor = cache(lambda: FeatureExtractor(config.backbone, config.device))
+    inputs = domain_input_sizes(rows, config.resolution)[domain]
+    choice = choose_domain_resolution(rows, extractor, config)
+    if choice is not None:
+        inputs = replace(inputs, heatmap_size=choice.chosen.input_size(*median_size(rows), config.resolution.max_aspect))
+        log(f"embeddings {domain}: heatmap input {inputs.heatmap_size[0]}x{inputs.heatmap_size[1]} ({choice.chosen.name}: {choice.reason})")
+    images = DomainImages(domain, rows, inputs, config.backbone.key(), None if choice is None else choice_json(choice))
 
     def progress(done: int, total: int) -> None:
         if done == total or done % (10 * config.batch_size) == 0:
@@ -69,7 +85,7 @@ def embed_domain_images(splits: pd.DataFrame, domain: str, config: PipelineConfi
     computed = embed_domain(
         FeatureStore(config.features_dir),
         config.backbone,
-        lambda: FeatureExtractor(config.backbone, config.device),
+        extractor,
         rows,
         images.inputs,
         images.has_bank,

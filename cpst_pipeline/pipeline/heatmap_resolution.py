@@ -1,0 +1,154 @@
+"""A domain's heatmap resolution, tried on its val images: each candidate gets a bank from its
+train_normal images, every val image is scored, and ``features.resolution.choose_resolution``
+keeps the 256 px default unless another candidate is clearly better.
+
+The pipeline tries candidates only for images at least twice the default short side, the case
+of small defects on large images (val AUROC on 640 px images with 1-3 px defects: 0.49-0.68 at
+256 px, 0.82-0.93 at 384 px; BENCHMARKS "Heatmap resolution per domain"). Smaller images keep
+256 px untried: Kolektor's 500 px images lost AUROC at 320-384 px. It tries resized inputs only;
+tiled scoring is measured by the resolution benchmark but not served yet. A trial's outcome is
+cached by the content of the images it used, so re-runs with the same images cost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cpst_pipeline.data.images import load_image, load_mask
+from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, auroc
+from cpst_pipeline.features.embed import ResolutionConfig
+from cpst_pipeline.features.extractor import FeatureExtractor
+from cpst_pipeline.features.resolution import (
+    ResolutionCandidate,
+    ResolutionChoice,
+    ResolutionMeasurement,
+    ResolutionTrialConfig,
+    choose_resolution,
+    resolution_candidates,
+)
+from cpst_pipeline.features.tiling import TiledFeatures, extract_tiled_features
+from cpst_pipeline.io_utils import write_json_atomic
+from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
+from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank, score_tiles
+from cpst_pipeline.patchcore.training import fit_memory_bank
+from cpst_pipeline.pipeline.config import PipelineConfig, content_key
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    measurement: ResolutionMeasurement
+    val_pixel_auroc: float | None
+    bank_seconds: float
+
+
+class CandidateRun:
+    """Bank and val scoring of one domain at one candidate resolution."""
+
+    def __init__(self, extractor: FeatureExtractor, candidate: ResolutionCandidate, median_size: tuple[float, float]):
+        self.extractor = extractor
+        self.candidate = candidate
+        self.input_size = candidate.input_size(*median_size)
+
+    def features(self, image: np.ndarray) -> TiledFeatures | np.ndarray:
+        if self.candidate.tiling is not None:
+            return extract_tiled_features(self.extractor, image, self.candidate.tiling)
+        batch = self.extractor.batch([image], self.input_size)
+        return self.extractor.patch_features(batch)[0].cpu().numpy().astype(np.float16)
+
+    def fit(self, rows: pd.DataFrame, config: BankConfig) -> MemoryBank:
+        features = [self.features(load_image(path)) for path in rows["path"]]
+        fit = fit_tiled_memory_bank if self.candidate.tiling is not None else fit_memory_bank
+        return fit(features, rows["group_id"].tolist(), config)
+
+    def score(self, bank: MemoryBank, image: np.ndarray, config: ScoringConfig) -> tuple[float, np.ndarray]:
+        """Image score and the anomaly map at the image's own size."""
+        features = self.features(image)
+        if self.candidate.tiling is not None:
+            tiled = score_tiles(bank, features, config)
+            return tiled.image_score, anomaly_map(tiled.map, tiled.map.shape, image.shape[:2], config.map_sigma)
+        scores = score_patches(bank, features, config)
+        return scores.image_score, anomaly_map(scores.grid, self.input_size, image.shape[:2], config.map_sigma)
+
+
+def measure_candidate(run: CandidateRun, bank_rows: pd.DataFrame, val_rows: pd.DataFrame, bank: BankConfig, scoring: ScoringConfig) -> CandidateResult:
+    started = time.perf_counter()
+    fitted = run.fit(bank_rows, bank)
+    bank_seconds = time.perf_counter() - started
+    image_scores, seconds = [], []
+    pixels = PixelAurocAccumulator(stride=2)  # exact AUROC over a regular quarter of the pixels
+    for row in val_rows.itertuples():
+        image = load_image(row.path)
+        started = time.perf_counter()
+        score, heatmap = run.score(fitted, image, scoring)
+        seconds.append(time.perf_counter() - started)
+        image_scores.append(score)
+        mask = load_mask(row.mask_path, row.mask_kind, (image.shape[1], image.shape[0])) if isinstance(row.mask_path, str) else None
+        pixels.add(mask, heatmap)
+    labels = (val_rows["label"] == "anomaly").to_numpy()
+    measurement = ResolutionMeasurement(run.candidate, auroc(labels, image_scores), float(np.mean(seconds)))
+    return CandidateResult(measurement, pixels.result(), bank_seconds)
+
+
+def even_rows(rows: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """At most ``limit`` rows, spread evenly so every part of the sequence is represented."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    return rows.iloc[np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+
+
+def median_size(rows: pd.DataFrame) -> tuple[float, float]:
+    return float(rows["height"].median()), float(rows["width"].median())
+
+
+def served_candidates(rows: pd.DataFrame, resolution: ResolutionConfig, trial: ResolutionTrialConfig) -> list[ResolutionCandidate]:
+    """The resized candidates worth a trial for these images; one (the default) when none is."""
+    height, width = median_size(rows)
+    candidates = [c for c in resolution_candidates(height, width, resolution.heatmap_short_side) if c.short_side is not None]
+    return candidates if min(height, width) >= trial.min_scale * resolution.heatmap_short_side else candidates[:1]
+
+
+def choose_domain_resolution(rows: pd.DataFrame, get_extractor: Callable[[], FeatureExtractor], config: PipelineConfig) -> ResolutionChoice | None:
+    """The domain's heatmap resolution by the module doc's rule; None when nothing is tried (one
+    candidate, no normal training images, or val without both classes)."""
+    candidates = served_candidates(rows, config.resolution, config.resolution_trial)
+    bank_rows = even_rows(rows[rows["split"] == "train_normal"].sort_values("content_hash"), config.resolution_trial.bank_images)
+    val_rows = rows[rows["split"] == "val_mix"].sort_values("content_hash")
+    if len(candidates) < 2 or bank_rows.empty or val_rows["label"].nunique() < 2:
+        return None
+    key = content_key(
+        config.backbone.key(), [c.name for c in candidates], config.bank, config.scoring, config.resolution_trial,
+        bank_rows["content_hash"].tolist(), list(zip(val_rows["content_hash"], val_rows["label"])),
+    )
+    path = config.artifacts_dir / "resolution_trials" / f"{key}.json"
+    if path.exists():
+        return _choice_from_json(json.loads(path.read_text()), candidates)
+    extractor, size = get_extractor(), median_size(rows)
+    results = [measure_candidate(CandidateRun(extractor, c, size), bank_rows, val_rows, config.bank, config.scoring) for c in candidates]
+    choice = choose_resolution([r.measurement for r in results])
+    write_json_atomic(path, choice_json(choice))
+    return choice
+
+
+def choice_json(choice: ResolutionChoice) -> dict:
+    """The choice as JSON: its candidate's name, why, and each candidate's val AUROC and time."""
+    return {
+        "chosen": choice.chosen.name,
+        "reason": choice.reason,
+        "measurements": [
+            {"candidate": m.candidate.name, "val_image_auroc": m.val_image_auroc, "seconds_per_image": m.seconds_per_image}
+            for m in choice.measurements
+        ],
+    }
+
+
+def _choice_from_json(data: dict, candidates: list[ResolutionCandidate]) -> ResolutionChoice:
+    by_name = {c.name: c for c in candidates}
+    measurements = tuple(ResolutionMeasurement(by_name[m["candidate"]], m["val_image_auroc"], m["seconds_per_image"]) for m in data["measurements"])
+    return ResolutionChoice(by_name[data["chosen"]], data["reason"], measurements)
