@@ -60,6 +60,7 @@ def domain_rows(run: PipelineRun) -> list[dict]:
                 "bank_patches": bank.meta["coreset_patches"] if bank else None,
                 "bank_megabytes": bank.features.nbytes / 2**20 if bank else None,
                 "knn_search": knn_search(bank),
+                "heatmap_input": list(run.images[domain].inputs.heatmap_size),
                 "notes": section.get("notes", []),
             }
         )
@@ -88,8 +89,8 @@ def markdown_table(rows: list[dict], run: PipelineRun) -> str:
         f"target recall {config.calibration.target_recall}. Image AUROC/AP/pixel AUROC are the heatmap model's; "
         "recall/FPR at the thresholds calibrated on val, with 95 % Wilson intervals. PRO: per-region overlap up to FPR 0.3. Latency is per image, decode included, batch size 1.",
         "",
-        "| domain | test (anom.) | image AUROC | AP | pixel AUROC | PRO | heatmap recall / FPR | cascade recall / FPR | cascade recall 95 % CI | cascade FPR 95 % CI | heatmap call rate | cascade ms mean / p95 | always-heatmap ms mean / p95 | gate val AUROC | train s (embed + bank) | bank patches (MB) | kNN search |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| domain | test (anom.) | image AUROC | AP | pixel AUROC | PRO | heatmap recall / FPR | cascade recall / FPR | cascade recall 95 % CI | cascade FPR 95 % CI | heatmap call rate | cascade ms mean / p95 | always-heatmap ms mean / p95 | gate val AUROC | train s (embed + bank) | bank patches (MB) | kNN search | heatmap input |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in banked:
         lines.append(
@@ -100,7 +101,7 @@ def markdown_table(rows: list[dict], run: PipelineRun) -> str:
             f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} "
             f"| {fmt(r['always_heatmap_mean_ms'], '.0f')} / {fmt(r['always_heatmap_p95_ms'], '.0f')} "
             f"| {fmt(r['gate_val_auroc'])} | {fmt(r['embedding_seconds'], '.0f')} + {fmt(r['bank_build_seconds'], '.1f')} "
-            f"| {r['bank_patches']} ({fmt(r['bank_megabytes'], '.1f')}) | {r['knn_search']} |"
+            f"| {r['bank_patches']} ({fmt(r['bank_megabytes'], '.1f')}) | {r['knn_search']} | {r['heatmap_input'][0]}x{r['heatmap_input'][1]} |"
         )
     if unbanked:
         lines += [
