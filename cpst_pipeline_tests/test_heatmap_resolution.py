@@ -45,8 +45,9 @@ def test_a_large_image_domain_gets_the_resolution_its_val_chose(large_image_spli
     choice = images.resolution
     assert [m["candidate"] for m in choice["measurements"]] == ["64", "96"]
     assert all(m["val_image_auroc"] is not None and m["seconds_per_image"] > 0 for m in choice["measurements"])
-    chosen_short_side = int(choice["chosen"])
-    assert min(images.inputs.heatmap_size) == chosen_short_side
+    chosen = next(c for c in heatmap_resolution.served_candidates(large_image_splits, config.resolution, config.resolution_trial) if c.name == choice["chosen"])
+    trial = heatmap_resolution.CandidateRun(None, chosen, heatmap_resolution.median_size(large_image_splits), config.resolution.max_aspect)
+    assert images.inputs.heatmap_size == trial.input_size  # served at the size it was tried at
     # Stored with the images, and a second run with the same images reads the trial back instead of re-running it.
     images.save(tmp_path / "saved")
     assert DomainImages.load(tmp_path / "saved").resolution == choice

@@ -68,6 +68,8 @@ def test_exact_bank_and_val_without_defect_pixels():
     bank = ivf_bank(nprobe=16)
     choice = choose_probes(bank, val_set(with_defects=False), SCORING, (SIZE, SIZE))
     assert choice.nprobe == 16 and choice.pixel_auroc == {"exact": None}
+    # bfloat16 scoring never searches the index: there are no lists to count
+    assert choose_probes(bank, val_set(), replace(SCORING, search="bfloat16"), (SIZE, SIZE)) is None
 
 
 def test_image_scores_are_exact_at_any_probe_count():

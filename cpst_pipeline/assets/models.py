@@ -45,6 +45,6 @@ def memory_bank(context: AssetExecutionContext, settings: CpstSettings, embeddin
             "source_patches": bank.meta["source_patches"],
             "coreset_patches": bank.meta["coreset_patches"],
             "build_seconds": bank.meta["build_seconds"],
-            "search_probes": MetadataValue.json(bank.meta.get("search_probes") or {"nprobe": None, "reason": "exact search (flat index)"}),
+            "search_probes": MetadataValue.json(bank.meta.get("search_probes") or {"nprobe": None, "reason": f"no IVF lists to choose ({type(bank.index).__name__})"}),
         },
     )

@@ -72,7 +72,9 @@ def knn_search(bank) -> str | None:
     if bank is None:
         return None
     choice = bank.meta.get("search_probes")
-    return "exact" if choice is None else f"IVF, {choice['nprobe']} list(s)"
+    if choice is not None:
+        return f"IVF, {choice['nprobe']} list(s)"
+    return "exact" if bank.is_exact else type(bank.index).__name__
 
 
 def markdown_table(rows: list[dict], run: PipelineRun) -> str:
@@ -84,7 +86,7 @@ def markdown_table(rows: list[dict], run: PipelineRun) -> str:
         "",
         f"`python -m cpst_pipeline.benchmark --data <datasets>` on {platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, device `{config.device}`, backbone `{config.backbone.model_name}` "
-        f"({config.backbone.weights} weights), heatmap short side {config.resolution.heatmap_short_side} px, "
+        f"({config.backbone.weights} weights), default heatmap short side {config.resolution.heatmap_short_side} px (each domain's input: last column), "
         f"gate short side {config.resolution.gate_short_side} px, coreset {config.bank.coreset_ratio:.0%}, "
         f"target recall {config.calibration.target_recall}. Image AUROC/AP/pixel AUROC are the heatmap model's; "
         "recall/FPR at the thresholds calibrated on val, with 95 % Wilson intervals. PRO: per-region overlap up to FPR 0.3. Latency is per image, decode included, batch size 1.",

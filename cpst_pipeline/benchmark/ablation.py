@@ -159,7 +159,8 @@ def main() -> None:
         "",
         f"`python -m cpst_pipeline.benchmark.ablation --data <datasets>`: one change at a time from the default; backbone `{config.backbone.model_name}`"
         f" layers {list(config.backbone.feature_layers)}, {torch.get_num_threads()} torch threads; the test split is not used."
-        " Scoring ms: per val image, kNN + refinement + reweighting (no backbone, no map); compare within this run.",
+        " Scoring ms: per val image, kNN + refinement + reweighting (no backbone, no map); compare within this run."
+        " Inputs at the default heatmap size (the pipeline tries larger ones only for images twice that size).",
         "",
         "| domain | variant | image AUROC | pixel AUROC | bank patches | scoring ms |",
         "|---|---|---|---|---|---|",

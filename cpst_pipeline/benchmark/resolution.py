@@ -29,6 +29,7 @@ from cpst_pipeline.data.index import build_index
 from cpst_pipeline.data.layouts import DatasetRoot
 from cpst_pipeline.data.splits import assign_splits
 from cpst_pipeline.features.backbone import BackboneConfig
+from cpst_pipeline.features.embed import ResolutionConfig
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.resolution import ResolutionChoice, ResolutionRule, choose_resolution, resolution_candidates
 from cpst_pipeline.patchcore.bank import BankConfig
@@ -54,7 +55,7 @@ def benchmark_domain(extractor: FeatureExtractor, domain: str, rows: pd.DataFram
     print(f"{domain}: {size[0]:.0f}x{size[1]:.0f} px, bank {len(bank_rows)} images, val {len(val_rows)} ({defective} defective)", flush=True)
     results = []
     for candidate in resolution_candidates(*size):
-        result = measure_candidate(CandidateRun(extractor, candidate, size), bank_rows, val_rows, BankConfig(), ScoringConfig())
+        result = measure_candidate(CandidateRun(extractor, candidate, size, ResolutionConfig.max_aspect), bank_rows, val_rows, BankConfig(), ScoringConfig())
         m = result.measurement
         print(
             f"  {candidate.name:>10}: val image AUROC {fmt(m.val_image_auroc)}, pixel AUROC {fmt(result.val_pixel_auroc)}, "

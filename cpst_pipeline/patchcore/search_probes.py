@@ -51,9 +51,9 @@ def choose_probes(
     bank: MemoryBank, images: Sequence[ValImage], scoring: ScoringConfig, input_size: tuple[int, int], rule: ProbeRule = ProbeRule()
 ) -> ProbeChoice | None:
     """Set ``bank``'s IVF probe count by the rule of the module doc and say why; None for an
-    exact (flat) bank. Without val pixels of both classes the bank keeps its probe count."""
-    if not isinstance(bank.index, faiss.IndexIVF):
-        return None
+    exact (flat) bank, an HNSW one, or scoring that does not search the index. Without val pixels of both classes the bank keeps its probe count."""
+    if not isinstance(bank.index, faiss.IndexIVF) or scoring.search != "index":
+        return None  # only an IVF index searched as such has lists to count
     index = bank.index
     configured = index.nprobe
     images = [images[i] for i in even_sample(len(images), rule.max_images)]
@@ -63,10 +63,14 @@ def choose_probes(
     figures: dict[str, float | None] = {"exact": exact}
     if exact is None:
         return ProbeChoice(configured, "val has no defect pixels or no normal pixels to compare on: configured probe count kept", figures)
-    for probes in sorted(p for p in rule.candidates if p < configured):
-        index.nprobe = probes
-        figures[f"nprobe {probes}"] = auroc = score_val_images(bank, images, scoring, input_size).pixel_auroc
-        if auroc is not None and exact - auroc <= rule.max_pixel_auroc_loss:
-            return ProbeChoice(probes, f"fewest lists within {rule.max_pixel_auroc_loss} of exact val pixel AUROC ({len(images)} val images)", figures)
+    try:
+        for probes in sorted(p for p in rule.candidates if p < configured):
+            index.nprobe = probes
+            figures[f"nprobe {probes}"] = auroc = score_val_images(bank, images, scoring, input_size).pixel_auroc
+            if auroc is not None and exact - auroc <= rule.max_pixel_auroc_loss:
+                return ProbeChoice(probes, f"fewest lists within {rule.max_pixel_auroc_loss} of exact val pixel AUROC ({len(images)} val images)", figures)
+    except BaseException:
+        index.nprobe = configured
+        raise
     index.nprobe = configured
     return ProbeChoice(configured, f"no fewer lists stay within {rule.max_pixel_auroc_loss} of exact val pixel AUROC: configured count kept", figures)

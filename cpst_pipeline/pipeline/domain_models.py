@@ -24,7 +24,7 @@ from cpst_pipeline.gate.train import constant_gate, train_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.patchcore.scoring import score_patches
-from cpst_pipeline.patchcore.search_probes import choose_probes
+from cpst_pipeline.patchcore.search_probes import choose_probes, even_sample
 from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.patchcore.val_scores import ValImage
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
@@ -79,14 +79,16 @@ def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = pri
     choice = None if bank.is_exact else choose_probes(bank, val_images(images, config), config.scoring, size, config.search_probes)
     if choice is not None:
         bank.meta["search_probes"] = choice.summary()
+        bank.meta["config"]["ivf_nprobe"] = choice.nprobe
         log(f"memory bank {images.domain}: {choice.nprobe} IVF lists per patch ({choice.reason}): {choice.pixel_auroc}")
     return bank
 
 
 def val_images(images: DomainImages, config: PipelineConfig) -> list[ValImage]:
-    """The domain's val images that pixel AUROC can use (pixel masks, or normal), in a fixed order."""
+    """An even sample (``search_probes.max_images``) of the val images pixel AUROC can use (pixel masks, or normal)."""
     val = images.in_splits("val_mix")
     val = val[(val["mask_kind"] == "pixel") | (val["label"] == "normal")].sort_values("content_hash")
+    val = val.iloc[even_sample(len(val), config.search_probes.max_images)]
     masks = [load_mask(r.mask_path, "pixel", size=(int(r.width), int(r.height))) if r.mask_kind == "pixel" else None for r in val.itertuples()]
     sizes = zip(val["height"].astype(int), val["width"].astype(int))
     return [ValImage(patches, size, mask) for patches, size, mask in zip(patch_features(images, val, config), sizes, masks)]

@@ -28,6 +28,7 @@ from cpst_pipeline.features.resolution import (
     ResolutionCandidate,
     ResolutionChoice,
     ResolutionMeasurement,
+    ResolutionRule,
     ResolutionTrialConfig,
     choose_resolution,
     resolution_candidates,
@@ -41,6 +42,10 @@ from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 
 
+# Part of the trial cache's key: bump it when a trial would measure differently.
+TRIAL_VERSION = 1
+
+
 @dataclass(frozen=True)
 class CandidateResult:
     measurement: ResolutionMeasurement
@@ -51,10 +56,10 @@ class CandidateResult:
 class CandidateRun:
     """Bank and val scoring of one domain at one candidate resolution."""
 
-    def __init__(self, extractor: FeatureExtractor, candidate: ResolutionCandidate, median_size: tuple[float, float]):
+    def __init__(self, extractor: FeatureExtractor, candidate: ResolutionCandidate, median_size: tuple[float, float], max_aspect: float):
         self.extractor = extractor
         self.candidate = candidate
-        self.input_size = candidate.input_size(*median_size)
+        self.input_size = candidate.input_size(*median_size, max_aspect)
 
     def features(self, image: np.ndarray) -> TiledFeatures | np.ndarray:
         if self.candidate.tiling is not None:
@@ -89,7 +94,9 @@ def measure_candidate(run: CandidateRun, bank_rows: pd.DataFrame, val_rows: pd.D
         score, heatmap = run.score(fitted, image, scoring)
         seconds.append(time.perf_counter() - started)
         image_scores.append(score)
-        mask = load_mask(row.mask_path, row.mask_kind, (image.shape[1], image.shape[0])) if isinstance(row.mask_path, str) else None
+        if row.label == "anomaly" and row.mask_kind != "pixel":
+            continue  # no defect pixels to compare with: out of pixel AUROC, as everywhere
+        mask = load_mask(row.mask_path, row.mask_kind, (image.shape[1], image.shape[0])) if row.mask_kind == "pixel" else None
         pixels.add(mask, heatmap)
     labels = (val_rows["label"] == "anomaly").to_numpy()
     measurement = ResolutionMeasurement(run.candidate, auroc(labels, image_scores), float(np.mean(seconds)))
@@ -118,19 +125,23 @@ def choose_domain_resolution(rows: pd.DataFrame, get_extractor: Callable[[], Fea
     """The domain's heatmap resolution by the module doc's rule; None when nothing is tried (one
     candidate, no normal training images, or val without both classes)."""
     candidates = served_candidates(rows, config.resolution, config.resolution_trial)
-    bank_rows = even_rows(rows[rows["split"] == "train_normal"].sort_values("content_hash"), config.resolution_trial.bank_images)
+    normal = rows[rows["split"] == "train_normal"].drop_duplicates("content_hash").sort_values("content_hash")
+    bank_rows = even_rows(normal, config.resolution_trial.bank_images)
     val_rows = rows[rows["split"] == "val_mix"].sort_values("content_hash")
     if len(candidates) < 2 or bank_rows.empty or val_rows["label"].nunique() < 2:
         return None
+    size = median_size(rows)
     key = content_key(
-        config.backbone.key(), [c.name for c in candidates], config.bank, config.scoring, config.resolution_trial,
-        bank_rows["content_hash"].tolist(), list(zip(val_rows["content_hash"], val_rows["label"])),
+        TRIAL_VERSION, config.backbone.key(), [c.name for c in candidates], size, config.resolution, config.bank, config.scoring,
+        config.resolution_trial, ResolutionRule(), list(zip(bank_rows["content_hash"], bank_rows["group_id"])),
+        list(zip(val_rows["content_hash"], val_rows["label"], val_rows["mask_kind"])),
     )
     path = config.artifacts_dir / "resolution_trials" / f"{key}.json"
     if path.exists():
         return _choice_from_json(json.loads(path.read_text()), candidates)
-    extractor, size = get_extractor(), median_size(rows)
-    results = [measure_candidate(CandidateRun(extractor, c, size), bank_rows, val_rows, config.bank, config.scoring) for c in candidates]
+    extractor = get_extractor()
+    runs = [CandidateRun(extractor, c, size, config.resolution.max_aspect) for c in candidates]
+    results = [measure_candidate(run, bank_rows, val_rows, config.bank, config.scoring) for run in runs]
     choice = choose_resolution([r.measurement for r in results])
     write_json_atomic(path, choice_json(choice))
     return choice
