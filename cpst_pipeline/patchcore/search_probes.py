@@ -27,7 +27,7 @@ class ProbeRule:
     candidates: tuple[int, ...] = (1, 2, 4, 8)
     # Tighter than the 0.005 of image AUROC allowed to search shortcuts: maps are what users look at.
     max_pixel_auroc_loss: float = 0.002
-    # Val images scored per setting (an even sample beyond this): the comparison is paired, so
+    # Val images scored per setting (the caller's even sample beyond this): the comparison is paired, so
     # a sample measures the loss well, and the exact reference is the expensive part.
     max_images: int = 64
 
@@ -50,13 +50,14 @@ def even_sample(count: int, limit: int) -> np.ndarray:
 def choose_probes(
     bank: MemoryBank, images: Sequence[ValImage], scoring: ScoringConfig, input_size: tuple[int, int], rule: ProbeRule = ProbeRule()
 ) -> ProbeChoice | None:
-    """Set ``bank``'s IVF probe count by the rule of the module doc and say why; None for an
-    exact (flat) bank, an HNSW one, or scoring that does not search the index. Without val pixels of both classes the bank keeps its probe count."""
+    """Set ``bank``'s IVF probe count by the rule of the module doc, measured on ``images`` (the
+    caller draws at most ``rule.max_images``), and say why; None for an exact (flat) bank, an HNSW
+    one, or scoring that does not search the index. Without val pixels of both classes the bank
+    keeps its probe count."""
     if not isinstance(bank.index, faiss.IndexIVF) or scoring.search != "index":
         return None  # only an IVF index searched as such has lists to count
     index = bank.index
     configured = index.nprobe
-    images = [images[i] for i in even_sample(len(images), rule.max_images)]
     exact_bank = MemoryBank(bank.features, faiss.IndexFlatL2(bank.features.shape[1]), bank.meta, bank.position_stats)
     exact_bank.index.add(bank.features)
     exact = score_val_images(exact_bank, images, scoring, input_size).pixel_auroc

@@ -37,6 +37,7 @@ from cpst_pipeline.features.tiling import TiledFeatures, extract_tiled_features
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
 from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+from cpst_pipeline.patchcore.search_probes import even_sample
 from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank, score_tiles
 from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
@@ -105,9 +106,7 @@ def measure_candidate(run: CandidateRun, bank_rows: pd.DataFrame, val_rows: pd.D
 
 def even_rows(rows: pd.DataFrame, limit: int | None) -> pd.DataFrame:
     """At most ``limit`` rows, spread evenly so every part of the sequence is represented."""
-    if limit is None or len(rows) <= limit:
-        return rows
-    return rows.iloc[np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+    return rows if limit is None else rows.iloc[even_sample(len(rows), limit)]
 
 
 def median_size(rows: pd.DataFrame) -> tuple[float, float]:
