@@ -24,7 +24,7 @@ from cpst_pipeline.resources import CpstSettings
 
 def domain_rows(run: PipelineRun) -> list[dict]:
     report, splits, done = run.report.report, run.splits, run.materialized
-    banks = run.banks
+    banks, images = run.banks, run.images
     rows = []
     for domain, section in report["domains"].items():
         bank = banks.get(domain)
@@ -60,7 +60,7 @@ def domain_rows(run: PipelineRun) -> list[dict]:
                 "bank_patches": bank.meta["coreset_patches"] if bank else None,
                 "bank_megabytes": bank.features.nbytes / 2**20 if bank else None,
                 "knn_search": knn_search(bank),
-                "heatmap_input": list(run.images[domain].inputs.heatmap_size),
+                "heatmap_input": list(images[domain].inputs.heatmap_size),
                 "notes": section.get("notes", []),
             }
         )

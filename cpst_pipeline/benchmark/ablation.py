@@ -27,7 +27,6 @@ import torch
 from tqdm import tqdm
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
-from cpst_pipeline.data.images import load_mask
 from cpst_pipeline.evaluation.metrics import auroc
 from cpst_pipeline.features.embed import DomainInputs, domain_input_sizes, embed_domain, patch_kind
 from cpst_pipeline.features.extractor import FeatureExtractor
@@ -36,10 +35,11 @@ from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
 from cpst_pipeline.patchcore.scoring import ScoringConfig
 from cpst_pipeline.patchcore.training import fit_memory_bank
-from cpst_pipeline.patchcore.val_scores import ValImage, score_val_images
+from cpst_pipeline.patchcore.val_scores import score_val_images
 from cpst_pipeline.pipeline.config import PipelineConfig
 from cpst_pipeline.pipeline.dataset import index_datasets, split_dataset
 from cpst_pipeline.pipeline.domain_images import stored_features
+from cpst_pipeline.pipeline.domain_models import labelled_val_images
 
 REFERENCE_TRAIN_IMAGES = 64
 # A smaller bank makes the kNN search, the heatmap path's largest cost, proportionally cheaper.
@@ -68,23 +68,13 @@ def fit_variant_bank(config: PipelineConfig, splits: pd.DataFrame, domain: str, 
     return fit_memory_bank(stored_features(config, kind, normal), normal["group_id"].tolist(), variant.bank)
 
 
-def val_images(config: PipelineConfig, val: pd.DataFrame, kind: str) -> list[ValImage]:
-    """``val``'s images with their masks; every defect image without a pixel mask stays out of pixel AUROC."""
-    images = []
-    for record, features in zip(val.itertuples(index=False), stored_features(config, kind, val)):
-        size = (int(record.height), int(record.width))
-        mask = load_mask(record.mask_path, "pixel", size=(size[1], size[0])) if record.mask_kind == "pixel" else None
-        images.append(ValImage(features, size, mask, in_pixel_auroc=record.mask_kind == "pixel" or record.label == "normal"))
-    return images
-
-
 def val_scores(config: PipelineConfig, splits: pd.DataFrame, domain: str, variant: Variant, bank: MemoryBank) -> dict:
     """Image and pixel AUROC on ``domain``'s val split for one variant."""
     val = splits[(splits["domain"] == domain) & (splits["split"] == "val_mix")]
     labels = (val["label"] == "anomaly").to_numpy().astype(int)
     if isinstance(bank.index, faiss.IndexIVF):
         bank.index.nprobe = min(bank.index.nlist, variant.bank.ivf_nprobe)  # banks are shared across probe counts
-    images = val_images(config, val, patch_kind(config.backbone.key(), variant.heatmap_size))
+    images = labelled_val_images(val, stored_features(config, patch_kind(config.backbone.key(), variant.heatmap_size), val))
     scores = score_val_images(bank, images, variant.scoring, variant.heatmap_size)
     return {
         "image_auroc": auroc(labels, scores.image_scores),

@@ -89,9 +89,18 @@ def val_images(images: DomainImages, config: PipelineConfig) -> list[ValImage]:
     val = images.in_splits("val_mix")
     val = val[(val["mask_kind"] == "pixel") | (val["label"] == "normal")].sort_values("content_hash")
     val = val.iloc[even_sample(len(val), config.search_probes.max_images)]
-    masks = [load_mask(r.mask_path, "pixel", size=(int(r.width), int(r.height))) if r.mask_kind == "pixel" else None for r in val.itertuples()]
-    sizes = zip(val["height"].astype(int), val["width"].astype(int))
-    return [ValImage(patches, size, mask) for patches, size, mask in zip(patch_features(images, val, config), sizes, masks)]
+    return labelled_val_images(val, patch_features(images, val, config))
+
+
+def labelled_val_images(frame: pd.DataFrame, features: list[np.ndarray]) -> list[ValImage]:
+    """``frame``'s images with their features and pixel masks; a defect image without a pixel
+    mask stays out of pixel AUROC."""
+    images = []
+    for record, patches in zip(frame.itertuples(index=False), features):
+        size = (int(record.height), int(record.width))
+        mask = load_mask(record.mask_path, "pixel", size=(size[1], size[0])) if record.mask_kind == "pixel" else None
+        images.append(ValImage(patches, size, mask, in_pixel_auroc=record.mask_kind == "pixel" or record.label == "normal"))
+    return images
 
 
 def raw_heatmap_scores(bank: MemoryBank, images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
