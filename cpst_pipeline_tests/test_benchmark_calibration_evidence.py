@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from cpst_pipeline.benchmark.calibration_evidence import markdown, measure_domain
+from cpst_pipeline.benchmark.calibration_evidence import check_matches_pipeline, markdown, measure_domain, pipeline_scores
+from cpst_pipeline.benchmark.pipeline_run import load_pipeline
 from cpst_pipeline.cascade.calibration import CalibrationConfig
 
 
@@ -56,3 +59,19 @@ def test_a_table_without_out_of_fold_scores_fits_the_band_on_val_alone() -> None
     after = measure_domain("metal", table, CalibrationConfig()).calibrations["after"]
     assert after.evidence["band_fitted_on"] == {"val_mix": 40, "train_mix": 0}
     assert after.evidence["heatmap_threshold_fitted_on"] == {"val_mix": 40, "train_mix": 120}
+
+
+def test_the_scores_of_a_pipeline_run_recompute_the_pipelines_own_calibration(tiny_pipeline) -> None:
+    run = load_pipeline(tiny_pipeline["run"].settings)  # read back, nothing materialized again
+    table = pipeline_scores(run)
+    banked = sorted(d for d, bank in run.banks.items() if bank is not None)
+    assert sorted(table["domain"].unique()) == banked
+    assert set(table["split"]) == {"train_mix", "val_mix", "test_mix"}
+    assert table["raw_heatmap_score"].notna().all()
+    assert table.loc[table["split"] != "train_mix", "gate_score"].notna().all()
+    for domain in banked:
+        measurement = measure_domain(domain, table[table["domain"] == domain], run.config.calibration)
+        check_matches_pipeline(measurement, run.calibrations[domain])
+        moved = replace(run.calibrations[domain], score_center=run.calibrations[domain].score_center + 1.0)
+        with pytest.raises(RuntimeError, match="differs from the pipeline's"):
+            check_matches_pipeline(measurement, moved)

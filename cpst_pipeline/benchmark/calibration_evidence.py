@@ -1,8 +1,8 @@
 """What calibrating on more unseen images, and fusing the two scores, changes per domain.
 
-    python -m cpst_pipeline.benchmark.calibration_evidence                      # the generated demo
-    python -m cpst_pipeline.benchmark.calibration_evidence --data ../shared/datasets/KolektorSDD --section kolektor
-    python -m cpst_pipeline.benchmark.calibration_evidence --scores scores.parquet
+    python -m cpst_pipeline.benchmark.calibration_evidence                      # the built-in demo
+    python -m cpst_pipeline.benchmark.calibration_evidence --data ../shared/datasets --work data/benchmark --reuse --section shared
+    python -m cpst_pipeline.benchmark.calibration_evidence --scores data/benchmark/calibration_scores.parquet
 
 Three calibrations: before, the gate band fitted on val alone (``calibrate_domain``) with
 the fewest-calls rule for every gate and no fusion; routed, the same with weak-gate
@@ -15,10 +15,11 @@ the heatmap alone on test.
 Scores table (parquet), one row per image: ``domain``, ``split`` (train_mix, val_mix,
 test_mix), ``label`` (1 = anomaly), ``group_id``, ``gate_score`` (the final gate; val and
 test), ``gate_oof`` (out-of-fold; train_mix), ``raw_heatmap_score`` (NaN without a bank).
-Without ``--scores`` the script builds it with the library itself (index, splits,
-features, one gate per domain and its cross-fit, memory bank, heatmap scores) from
-``--data`` or the generated demo and saves it under ``--work``. Either way it writes the
-``calibration_evidence`` section of BENCHMARKS.md (``--section`` names one per dataset).
+Without ``--scores`` the script reads it off the project's own assets: it materializes them
+under ``--work`` (up to the cascade), or with ``--reuse`` reads what a run there (the quality
+benchmark's) already stored; the recomputed "after" calibration must equal the pipeline's.
+The table is saved under ``--work``. Either way it writes a ``calibration_evidence`` section
+of BENCHMARKS.md (``--section`` names one per set of datasets).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import platform
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +34,16 @@ import pandas as pd
 import torch
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
+from cpst_pipeline.benchmark.pipeline_run import PipelineRun, load_pipeline, run_pipeline
 from cpst_pipeline.cascade.calibration import CalibrationConfig, CalibrationEvidence, ScoredImages, calibrate_domain, calibrate_on_evidence
 from cpst_pipeline.cascade.fusion import FusionModel, fit_fusion
 from cpst_pipeline.cascade.policy import DomainCalibration
-from cpst_pipeline.data.demo import generate_demo_dataset
-from cpst_pipeline.data.index import build_index
-from cpst_pipeline.data.layouts import DatasetRoot, parse_dataset_roots
-from cpst_pipeline.data.splits import assign_splits
-from cpst_pipeline.evaluation.folds import FoldError
 from cpst_pipeline.evaluation.intervals import wilson_interval
 from cpst_pipeline.evaluation.metrics import auroc
-from cpst_pipeline.features.backbone import BackboneConfig
-from cpst_pipeline.features.embed import ResolutionConfig, domain_input_sizes, embed_domain, gate_kind, patch_kind
-from cpst_pipeline.features.extractor import FeatureExtractor
-from cpst_pipeline.features.store import FeatureStore
-from cpst_pipeline.gate.crossfit import crossfit_gate
-from cpst_pipeline.gate.train import GateTrainConfig, train_gate
 from cpst_pipeline.io_utils import atomic_path
-from cpst_pipeline.patchcore.bank import BankConfig
-from cpst_pipeline.patchcore.scoring import ScoringConfig, score_patches
-from cpst_pipeline.patchcore.training import fit_memory_bank
-
-TRAINING_SPLITS = ("train_normal", "train_mix")
+from cpst_pipeline.pipeline.dataset import anomaly_labels
+from cpst_pipeline.pipeline.domain_models import gate_scores, out_of_fold_gate_scores, raw_heatmap_scores
+from cpst_pipeline.resources import CpstSettings
 
 
 @dataclass(frozen=True)
@@ -148,46 +136,38 @@ def measure_domain(domain: str, table: pd.DataFrame, config: CalibrationConfig) 
     )
 
 
-# ---------------------------------------------------------------- scores from the library
+# ---------------------------------------------------------------- scores from a pipeline run
 
 
-def library_scores(roots: list[DatasetRoot], work: Path, device: str) -> pd.DataFrame:
-    """The scores table of datasets: one gate per domain (cross-fitted too) and one memory bank."""
-    splits = assign_splits(build_index(roots).index)
-    backbone = BackboneConfig()
-    inputs = domain_input_sizes(splits, ResolutionConfig())
-    store = FeatureStore(work / "features")
-    extractor = cache(lambda: FeatureExtractor(backbone, device))
-    tables = []
-    for domain, rows in splits.groupby("domain", sort=True):
-        print(f"{domain}: embedding {len(rows)} images", flush=True)
-        embed_domain(store, backbone, extractor, rows, inputs[domain], with_patches=True)
-        gate_features = store.load(gate_kind(backbone.key(), inputs[domain].gate_size), rows["content_hash"].tolist())
-        embeddings = np.stack([gate_features[h] for h in rows["content_hash"]])
-        labels = (rows["label"] == "anomaly").to_numpy(int)
-        training = rows["split"].isin(TRAINING_SPLITS).to_numpy()
-        domains = [domain] * int(training.sum())
-        print(f"{domain}: gate on {training.sum()} training images, and its cross-fit", flush=True)
-        gate = train_gate(embeddings[training], labels[training], domains, GateTrainConfig())
-        try:
-            oof = crossfit_gate(embeddings[training], labels[training], rows["group_id"].to_numpy()[training], domains, GateTrainConfig()).scores
-        except FoldError as error:
-            print(f"{domain}: no out-of-fold gate scores ({error}); its band is fitted on val alone", flush=True)
-            oof = np.nan
-        table = rows[["domain", "split", "group_id"]].assign(label=labels, gate_score=np.nan, gate_oof=np.nan, raw_heatmap_score=np.nan)
-        held_out = ~training
-        table.loc[held_out, "gate_score"] = gate.predict_proba(torch.from_numpy(embeddings[held_out]), [domain] * int(held_out.sum())).numpy()
-        table.loc[training, "gate_oof"] = oof
-        patches = store.load(patch_kind(backbone.key(), inputs[domain].heatmap_size), rows["content_hash"].tolist())
-        bank_rows = rows[rows["split"] == "train_normal"]
-        print(f"{domain}: memory bank from {len(bank_rows)} images", flush=True)
-        bank = fit_memory_bank([patches[h].astype(np.float32) for h in bank_rows["content_hash"]], bank_rows["group_id"].tolist(), BankConfig())
-        unseen = rows["split"] != "train_normal"
-        table.loc[unseen, "raw_heatmap_score"] = [
-            score_patches(bank, patches[h].astype(np.float32), ScoringConfig()).image_score for h in rows.loc[unseen, "content_hash"]
-        ]
-        tables.append(table[table["split"] != "train_normal"])
+def pipeline_scores(run: PipelineRun) -> pd.DataFrame:
+    """The scores table of a materialized run, from its own gates, cross-fitted gates and banks,
+    so the "after" calibration is the one the pipeline fitted. Domains without a bank are left
+    out: there is no heatmap score to weigh the gate against."""
+    config, tables = run.config, []
+    for domain, images in run.images.items():
+        bank = run.value("memory_bank", domain)
+        if bank is None:
+            print(f"{domain}: no memory bank (no normal training images); left out", flush=True)
+            continue
+        rows = images.in_splits("train_mix", "val_mix", "test_mix")
+        held_out = (rows["split"] != "train_mix").to_numpy()
+        table = rows[["domain", "split", "group_id"]].assign(label=anomaly_labels(rows), gate_score=np.nan, gate_oof=np.nan)
+        table.loc[held_out, "gate_score"] = gate_scores(run.value("gate_model", domain), images, rows[held_out], config)
+        if not held_out.all():
+            out_of_fold = out_of_fold_gate_scores(images, rows[~held_out], config)
+            table.loc[~held_out, "gate_oof"] = np.nan if out_of_fold is None else out_of_fold
+        table["raw_heatmap_score"] = raw_heatmap_scores(bank, images, rows, config)
+        tables.append(table)
     return pd.concat(tables, ignore_index=True)
+
+
+def check_matches_pipeline(measurement: DomainMeasurement, fitted: DomainCalibration) -> None:
+    """The benchmark's "after" calibration must be the pipeline's own, or its test figures describe another model."""
+    after = measurement.calibrations["after"]
+    fields = ("gate_low", "gate_high", "score_center", "score_scale", "heatmap_threshold", "fused_threshold")
+    ours, theirs = ([getattr(c, f) for f in fields] for c in (after, fitted))
+    if not np.allclose(ours, theirs, equal_nan=True):
+        raise RuntimeError(f"{measurement.domain}: recomputed calibration {ours} differs from the pipeline's {theirs}")
 
 
 # ---------------------------------------------------------------- printing
@@ -244,30 +224,32 @@ def markdown(measurements: list[DomainMeasurement], name: str, source: str, conf
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scores", type=Path, help="a scores table (parquet); without it the datasets are scored")
-    parser.add_argument("--data", default="", help="dataset roots as CPST_DATASET_ROOTS; empty: the generated demo")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/cpst_calibration_evidence"), help="demo, features and scores table")
-    parser.add_argument("--images-per-domain", type=int, default=100)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--section", default="", help="dataset name: BENCHMARKS.md gets one section per dataset (empty: demo)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--scores", type=Path, help="a scores table (parquet) saved by an earlier run; without it a pipeline run is read")
+    parser.add_argument("--data", default="", help="dataset roots as CPST_DATASET_ROOTS; empty: the built-in demo")
+    parser.add_argument("--work", type=Path, default=Path("data/calibration_evidence"), help="the pipeline's data folder")
+    parser.add_argument("--reuse", action="store_true", help="read the assets already materialized under --work (e.g. by the quality benchmark)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--section", default="", help="a name for the datasets: BENCHMARKS.md gets one section per name (empty: demo)")
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="where the section goes ('' for nowhere)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    run = None
     if args.scores is not None:
         table, source = pd.read_parquet(args.scores), f"`{args.scores}`"
     else:
-        if args.data:
-            roots, source = parse_dataset_roots(args.data), f"`{args.data}`"
-        else:
-            roots = [DatasetRoot(generate_demo_dataset(args.work / "demo", images_per_domain=args.images_per_domain, size=args.size), "generic")]
-            source = f"the generated demo ({args.images_per_domain} images per domain, {args.size} px)"
-        table = library_scores(roots, args.work, args.device)
-        with atomic_path(args.work / "scores.parquet") as tmp:
+        settings = CpstSettings(
+            data_dir=str(args.work.resolve()), dataset_roots=str(Path(args.data).resolve()) if args.data else "", device=args.device
+        )
+        run = load_pipeline(settings) if args.reuse else run_pipeline(settings, evaluate=False)
+        table = pipeline_scores(run)
+        source = f"the pipeline's assets under `{args.work}` ({f'`{args.data}`' if args.data else 'the built-in demo'})"
+        with atomic_path(args.work / "calibration_scores.parquet") as tmp:
             table.to_parquet(tmp, index=False)
-    config = CalibrationConfig()
+    config = CalibrationConfig() if run is None else run.config.calibration
     measurements = [measure_domain(domain, rows, config) for domain, rows in table.groupby("domain", sort=True)]
+    if run is not None:
+        fitted = run.calibrations
+        for m in measurements:
+            check_matches_pipeline(m, fitted[m.domain])
     text = markdown(measurements, args.section or "demo", source, config)
     print(text)
     for m in measurements:

@@ -138,13 +138,23 @@ def project_definitions(settings: CpstSettings) -> Definitions:
     return Definitions(assets=ALL_ASSETS, asset_checks=ALL_ASSET_CHECKS, resources=pipeline_resources(settings))
 
 
+def _instance_under(settings: CpstSettings) -> DagsterInstance:
+    home = Path(settings.data_dir) / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    return DagsterInstance.local_temp(str(home))
+
+
+def load_pipeline(settings: CpstSettings) -> PipelineRun:
+    """What an earlier ``run_pipeline`` with these settings stored, read without materializing anything."""
+    if not (Path(settings.data_dir) / "dagster_home").is_dir():
+        raise FileNotFoundError(f"no pipeline run under {settings.data_dir}: materialize one first (run_pipeline)")
+    return PipelineRun(settings, _instance_under(settings), project_definitions(settings), Materialized())
+
+
 def run_pipeline(settings: CpstSettings, instance: DagsterInstance | None = None, evaluate: bool = True) -> PipelineRun:
     """Materialize every asset but the registered model (without ``evaluate``: up to the cascade)
     into ``settings.data_dir``; ``instance`` defaults to a persistent one under it."""
-    if instance is None:
-        home = Path(settings.data_dir) / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        instance = DagsterInstance.local_temp(str(home))
+    instance = instance or _instance_under(settings)
     defs = project_definitions(settings)
     cross_domain = UNREGISTERED if evaluate else UNREGISTERED[:-1]
     return PipelineRun(settings, instance, defs, Materialized.of(materialize_all(defs, instance, cross_domain=cross_domain)))
