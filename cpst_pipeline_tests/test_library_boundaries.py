@@ -15,6 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "cpst_pipeline"
 DAGSTER_LAYER = (
     # The benchmarks that run the asset definitions themselves.
     "cpst_pipeline.benchmark.__main__",
+    "cpst_pipeline.benchmark.calibration_evidence",
     "cpst_pipeline.benchmark.pipeline_run",
     "cpst_pipeline.benchmark.serving",
     "cpst_pipeline.benchmark.speed.__main__",

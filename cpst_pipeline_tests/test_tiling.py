@@ -132,7 +132,7 @@ def test_tiled_scoring_finds_a_line_the_256_px_resize_misses(extractor: FeatureE
     labels = [0] * 4 + [1] * 4
     tiling = TilingConfig(tile_size=256, min_overlap=32)  # 480 px: 2 x 2 tiles
 
-    tiled_bank = fit_tiled_memory_bank([extract_tiled_features(extractor, image, tiling) for image in normals], groups, BankConfig())
+    tiled_bank = fit_tiled_memory_bank([extract_tiled_features(extractor, image, tiling).patches for image in normals], groups, BankConfig())
     tiled = [score_tiles(tiled_bank, extract_tiled_features(extractor, image, tiling), ScoringConfig()) for image, _ in tests]
     assert all(scores.map.shape == (480, 480) and len(scores.tiles) == 4 for scores in tiled)
 

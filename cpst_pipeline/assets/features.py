@@ -15,9 +15,9 @@ NOT_TRIED = "not tried: images under twice the default short side, no normal tra
 
 @domain_asset(
     group_name="features",
-    code_version="2",
+    code_version="3",
     description="The domain's images with their gate embeddings (and PatchCore patch features where it gets a bank) in the feature store, "
-    "at a heatmap resolution tried on val for large images.",
+    "at a heatmap resolution tried on val for large images: resized, or tiled near native resolution.",
 )
 def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: pd.DataFrame) -> Output[DomainImages]:
     config = settings.pipeline_config()
@@ -31,7 +31,7 @@ def embeddings(context: AssetExecutionContext, settings: CpstSettings, splits: p
             "images": len(images.rows),
             "newly_embedded": computed,
             "gate_input": MetadataValue.json(list(images.inputs.gate_size)),
-            "heatmap_input": MetadataValue.json(list(images.inputs.heatmap_size)),
+            "heatmap_input": images.inputs.describe_heatmap_input(),
             "heatmap_resolution": MetadataValue.json(images.resolution or {"chosen": "default", "reason": NOT_TRIED}),
             "store": MetadataValue.path(str(config.features_dir)),
         },

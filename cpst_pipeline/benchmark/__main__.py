@@ -60,7 +60,7 @@ def domain_rows(run: PipelineRun) -> list[dict]:
                 "bank_patches": bank.meta["coreset_patches"] if bank else None,
                 "bank_megabytes": bank.features.nbytes / 2**20 if bank else None,
                 "knn_search": knn_search(bank),
-                "heatmap_input": list(images[domain].inputs.heatmap_size),
+                "heatmap_input": images[domain].inputs.describe_heatmap_input(),
                 "notes": section.get("notes", []),
             }
         )
@@ -103,7 +103,7 @@ def markdown_table(rows: list[dict], run: PipelineRun) -> str:
             f"| {fmt(r['cascade_mean_ms'], '.0f')} / {fmt(r['cascade_p95_ms'], '.0f')} "
             f"| {fmt(r['always_heatmap_mean_ms'], '.0f')} / {fmt(r['always_heatmap_p95_ms'], '.0f')} "
             f"| {fmt(r['gate_val_auroc'])} | {fmt(r['embedding_seconds'], '.0f')} + {fmt(r['bank_build_seconds'], '.1f')} "
-            f"| {r['bank_patches']} ({fmt(r['bank_megabytes'], '.1f')}) | {r['knn_search']} | {r['heatmap_input'][0]}x{r['heatmap_input'][1]} |"
+            f"| {r['bank_patches']} ({fmt(r['bank_megabytes'], '.1f')}) | {r['knn_search']} | {r['heatmap_input']} |"
         )
     if unbanked:
         lines += [

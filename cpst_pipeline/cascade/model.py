@@ -24,13 +24,14 @@ import torch
 from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, UNKNOWN_DOMAIN_SCORE, DomainCalibration, cascade_score
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.cascade.router import DomainRouter
-from cpst_pipeline.features.embed import DomainInputs, ResolutionConfig
+from cpst_pipeline.features.embed import DomainInputs, ResolutionConfig, domain_inputs_from_json, heatmap_features
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.preprocess import fit_input_size
 from cpst_pipeline.gate.model import GateNet, load_gate, save_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank, save_memory_bank
-from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+from cpst_pipeline.patchcore.image_scores import score_image
+from cpst_pipeline.patchcore.scoring import ScoringConfig
 
 # Bumped whenever the directory layout changes (4: one gate per domain).
 CASCADE_FORMAT = 4
@@ -80,7 +81,10 @@ def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
         "backbone": asdict(artifacts.backbone),
         "resolution": asdict(artifacts.resolution),
         "scoring": asdict(artifacts.scoring),
-        "domains": {d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size)} for d, i in artifacts.inputs.items()},
+        "domains": {
+            d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size), "tiling": None if i.tiling is None else asdict(i.tiling)}
+            for d, i in artifacts.inputs.items()
+        },
     }
     write_json_atomic(directory / "cascade.json", spec)
     return directory
@@ -96,7 +100,7 @@ def load_cascade(directory: Path) -> CascadeArtifacts:
         backbone=BackboneConfig(**{**spec["backbone"], "feature_layers": tuple(spec["backbone"]["feature_layers"])}),
         resolution=ResolutionConfig(**spec["resolution"]),
         scoring=ScoringConfig(**spec["scoring"]),
-        inputs={d: DomainInputs(gate_size=tuple(s["gate_size"]), heatmap_size=tuple(s["heatmap_size"])) for d, s in spec["domains"].items()},
+        inputs={d: domain_inputs_from_json(s) for d, s in spec["domains"].items()},
         gates={p.name: load_gate(p) for p in subfolders("gates")},
         banks={p.name: load_memory_bank(p) for p in subfolders("banks")},
         calibrations={d: DomainCalibration.from_dict(c) for d, c in json.loads((directory / "calibration.json").read_text()).items()},
@@ -164,17 +168,17 @@ class CascadeModel:
 
     def heatmaps(self, images: list[np.ndarray], domain: str, seconds: list[dict[str, float]]) -> list[tuple[float, np.ndarray]]:
         """Normalised image score and anomaly map of each of one domain's images, from its memory bank."""
-        calibration, bank, size = self.calibrations[domain], self.banks[domain], self.inputs[domain].heatmap_size
+        calibration, bank, inputs = self.calibrations[domain], self.banks[domain], self.inputs[domain]
         started = time.perf_counter()
-        patches = np.concatenate([self.extractor.patch_features(self.extractor.batch(chunk, size)).cpu().numpy() for chunk in _chunks(images)])
+        patches = [features for chunk in _chunks(images) for features in heatmap_features(self.extractor, chunk, inputs)]
         _record_share(seconds, "heatmap_backbone", started)
         results = []
         for image, image_patches, image_seconds in zip(images, patches, seconds):
             started = time.perf_counter()
-            scores = score_patches(bank, image_patches, self.scoring)
+            scores = score_image(bank, image_patches, image.shape[:2], inputs, self.scoring)
             image_seconds["knn"] = time.perf_counter() - started
             started = time.perf_counter()
-            raw_map = anomaly_map(scores.grid, size, image.shape[:2], self.scoring.map_sigma)
+            raw_map = scores.anomaly_map(image.shape[:2], self.scoring.map_sigma)
             normalised_map = (raw_map - calibration.score_center) / calibration.score_scale
             image_seconds["map"] = time.perf_counter() - started
             results.append((calibration.normalise(scores.image_score), normalised_map.astype(np.float32)))

@@ -13,6 +13,8 @@ from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.loader import iter_resized_batches
 from cpst_pipeline.features.preprocess import fit_input_size
 from cpst_pipeline.features.store import FeatureStore
+from cpst_pipeline.features.tiling import TilingConfig, extract_tiled_features
+from cpst_pipeline.data.images import load_image
 
 Progress = Callable[[int, int], None]
 
@@ -27,8 +29,30 @@ class ResolutionConfig:
 
 @dataclass(frozen=True)
 class DomainInputs:
-    heatmap_size: tuple[int, int]
+    heatmap_size: tuple[int, int]  # the network input of the heatmap model: the whole image resized, or one tile
     gate_size: tuple[int, int]
+    # Set when the heatmap model sees overlapping tiles of the (scaled) image instead (features.tiling).
+    tiling: TilingConfig | None = None
+
+    def describe_heatmap_input(self) -> str:
+        if self.tiling is None:
+            return f"{self.heatmap_size[0]}x{self.heatmap_size[1]}"
+        return f"{self.tiling.tile_size} px tiles of the image at x{self.tiling.scale:g}"
+
+    def heatmap_kind(self, backbone_key: str) -> str:
+        """The feature-store kind of the heatmap model's patch features."""
+        if self.tiling is None:
+            return patch_kind(backbone_key, self.heatmap_size)
+        t = self.tiling
+        return f"{backbone_key}/tiles-{t.tile_size}-overlap{t.min_overlap}-x{t.scale:g}"
+
+
+def domain_inputs_from_json(spec: dict) -> DomainInputs:
+    """DomainInputs from the JSON that DomainImages and the cascade save (``tiling`` absent in older ones)."""
+    tiling = spec.get("tiling")
+    return DomainInputs(
+        heatmap_size=tuple(spec["heatmap_size"]), gate_size=tuple(spec["gate_size"]), tiling=None if tiling is None else TilingConfig(**tiling)
+    )
 
 
 def domain_input_sizes(index: pd.DataFrame, resolution: ResolutionConfig) -> dict[str, DomainInputs]:
@@ -51,6 +75,14 @@ def patch_kind(backbone_key: str, size: tuple[int, int]) -> str:
     return f"{backbone_key}/patch-{size[0]}x{size[1]}"
 
 
+def heatmap_features(extractor: FeatureExtractor, images: list[np.ndarray], inputs: DomainInputs) -> list[np.ndarray]:
+    """Heatmap patch features of decoded images: (h, w, D) at ``inputs.heatmap_size``, or
+    (tiles, h, w, D) when the domain is tiled (each image's tiles in one backbone batch)."""
+    if inputs.tiling is not None:
+        return [extract_tiled_features(extractor, image, inputs.tiling).patches for image in images]
+    return list(extractor.patch_features(extractor.batch(images, inputs.heatmap_size)).cpu().numpy())
+
+
 def embed_domain(
     store: FeatureStore,
     backbone: BackboneConfig,
@@ -69,10 +101,11 @@ def embed_domain(
     key = backbone.key()
     # kind -> (input size, whether it stores patch features rather than an image embedding)
     wanted = {gate_kind(key, inputs.gate_size): (inputs.gate_size, False)}
-    if with_patches:
-        wanted[patch_kind(key, inputs.heatmap_size)] = (inputs.heatmap_size, True)
+    if with_patches and inputs.tiling is None:
+        wanted[inputs.heatmap_kind(key)] = (inputs.heatmap_size, True)
+    tiled_kind = inputs.heatmap_kind(key) if with_patches and inputs.tiling is not None else None
     unique = images.drop_duplicates("content_hash")
-    missing_by_kind = {kind: set(unique["content_hash"]) - store.known_hashes(kind) for kind in wanted}
+    missing_by_kind = {kind: set(unique["content_hash"]) - store.known_hashes(kind) for kind in [*wanted, tiled_kind] if kind}
     todo = unique[unique["content_hash"].isin(set().union(*missing_by_kind.values()))]
     if todo.empty:
         return 0
@@ -96,4 +129,21 @@ def embed_domain(
         done += len(positions)
         if progress:
             progress(done, len(todo))
+    if tiled_kind is not None:
+        tiled = todo[todo["content_hash"].isin(missing_by_kind[tiled_kind])]
+        _embed_tiles(store, tiled_kind, extractor, tiled, inputs.tiling, batch_size, progress)
     return len(todo)
+
+
+def _embed_tiles(
+    store: FeatureStore, kind: str, extractor: FeatureExtractor, images: pd.DataFrame, tiling: TilingConfig, batch_size: int, progress: Progress | None
+) -> None:
+    """Tiled patch features, (tiles, h, w, D) per image: tiles of one image go through the backbone together."""
+    pending: dict[str, np.ndarray] = {}
+    for done, (content_hash, path) in enumerate(zip(images["content_hash"], images["path"]), start=1):
+        pending[content_hash] = extract_tiled_features(extractor, load_image(path), tiling).patches
+        if len(pending) == batch_size or done == len(images):
+            store.append(kind, pending)
+            pending = {}
+            if progress:
+                progress(done, len(images))

@@ -63,6 +63,16 @@ class ResolutionTrialConfig:
     bank_images: int = 64
     # Only for images whose short side is at least this many default short sides.
     min_scale: float = 2.0
+    # The tiled candidate scales the image so its short side takes at most this many tiles: the
+    # bank's and the backbone's work grow with the tiles (640 px images: 3 x 3 tiles at x1).
+    max_tiles_per_side: int = 3
+
+    def tiling(self, short_side: float, tile_size: int) -> TilingConfig:
+        """The tiled candidate's tiling for images of this short side: tiles of the default input
+        size, overlapping by an eighth of it (32 px at 256: 4 stride-8 patches), never enlarged."""
+        overlap = tile_size // 8
+        span = self.max_tiles_per_side * tile_size - (self.max_tiles_per_side - 1) * overlap
+        return TilingConfig(tile_size=tile_size, min_overlap=overlap, scale=round(min(1.0, span / short_side), 4))
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,15 @@ class TiledScores:
     tiles: list[PatchScores]  # per tile, in TileGrid.origins order
 
 
-def fit_tiled_memory_bank(images: Sequence[TiledFeatures], groups: Sequence[str], config: BankConfig, meta: dict | None = None) -> MemoryBank:
-    """A bank from the tiles of normal images; an image's tiles keep its group, so held-out
-    statistics never compare a tile with a bank that holds its neighbour. The position
-    statistics are per position within a tile: they absorb the tile border's padding."""
+def fit_tiled_memory_bank(images: Sequence[np.ndarray], groups: Sequence[str], config: BankConfig, meta: dict | None = None) -> MemoryBank:
+    """A bank from the tiles of normal images, (tiles, h, w, D) patch features each; an image's
+    tiles keep its group, so held-out statistics never compare a tile with a bank that holds
+    its neighbour. The position statistics are per position within a tile: they absorb the
+    tile border's padding."""
     if len(images) != len(groups):
         raise ValueError(f"{len(images)} images but {len(groups)} group labels")
-    grids = [tile for image in images for tile in image.patches]
-    tile_groups = [group for image, group in zip(images, groups) for _ in range(len(image.patches))]
+    grids = [tile for image in images for tile in image]
+    tile_groups = [group for image, group in zip(images, groups) for _ in range(len(image))]
     return fit_memory_bank(grids, tile_groups, config, dict(meta or {}, tiled=True, source_images=len(images)))
 
 

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cpst_pipeline.features.embed import DomainInputs, domain_input_sizes, embed_domain, gate_kind, patch_kind
+from cpst_pipeline.features.embed import DomainInputs, domain_input_sizes, domain_inputs_from_json, embed_domain, gate_kind
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 from cpst_pipeline.pipeline.dataset import frame_version
-from cpst_pipeline.pipeline.heatmap_resolution import choice_json, choose_domain_resolution, median_size
+from cpst_pipeline.pipeline.heatmap_resolution import candidate_inputs, choice_json, choose_domain_resolution, median_size
 
 Log = Callable[[str], None]
 
@@ -53,6 +53,7 @@ class DomainImages:
             "backbone_key": self.backbone_key,
             "gate_size": self.inputs.gate_size,
             "heatmap_size": self.inputs.heatmap_size,
+            "tiling": None if self.inputs.tiling is None else asdict(self.inputs.tiling),
             "resolution": self.resolution,
         }
         write_json_atomic(Path(directory) / "images.json", spec)
@@ -60,7 +61,7 @@ class DomainImages:
     @classmethod
     def load(cls, directory: Path) -> "DomainImages":
         spec = json.loads((Path(directory) / "images.json").read_text())
-        inputs = DomainInputs(heatmap_size=tuple(spec["heatmap_size"]), gate_size=tuple(spec["gate_size"]))
+        inputs = domain_inputs_from_json(spec)
         return cls(spec["domain"], pd.read_parquet(Path(directory) / "rows.parquet"), inputs, spec["backbone_key"], spec.get("resolution"))
 
 
@@ -74,8 +75,9 @@ def embed_domain_images(splits: pd.DataFrame, domain: str, config: PipelineConfi
     inputs = domain_input_sizes(rows, config.resolution)[domain]
     choice = choose_domain_resolution(rows, extractor, config)
     if choice is not None:
-        inputs = replace(inputs, heatmap_size=choice.chosen.input_size(*median_size(rows), config.resolution.max_aspect))
-        log(f"embeddings {domain}: heatmap input {inputs.heatmap_size[0]}x{inputs.heatmap_size[1]} ({choice.chosen.name}: {choice.reason})")
+        chosen = candidate_inputs(choice.chosen, median_size(rows), config.resolution.max_aspect)
+        inputs = replace(inputs, heatmap_size=chosen.heatmap_size, tiling=chosen.tiling)
+        log(f"embeddings {domain}: heatmap input {inputs.describe_heatmap_input()} ({choice.chosen.name}: {choice.reason})")
     images = DomainImages(domain, rows, inputs, config.backbone.key(), None if choice is None else choice_json(choice))
 
     def progress(done: int, total: int) -> None:
@@ -107,5 +109,5 @@ def gate_embeddings(images: DomainImages, frame: pd.DataFrame, config: PipelineC
 
 
 def patch_features(images: DomainImages, frame: pd.DataFrame, config: PipelineConfig) -> list[np.ndarray]:
-    """Stored patch-feature grids of ``frame``'s rows, in row order."""
-    return stored_features(config, patch_kind(images.backbone_key, images.inputs.heatmap_size), frame)
+    """Stored heatmap patch features of ``frame``'s rows, in row order: (h, w, D), or (tiles, h, w, D)."""
+    return stored_features(config, images.inputs.heatmap_kind(images.backbone_key), frame)

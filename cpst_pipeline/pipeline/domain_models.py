@@ -23,8 +23,9 @@ from cpst_pipeline.gate.model import GateNet
 from cpst_pipeline.gate.train import constant_gate, train_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank
-from cpst_pipeline.patchcore.scoring import score_patches
+from cpst_pipeline.patchcore.image_scores import score_image
 from cpst_pipeline.patchcore.search_probes import choose_probes, even_sample
+from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank
 from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.patchcore.val_scores import ValImage
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
@@ -70,13 +71,18 @@ def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = pri
     normal = bank_training_images(images)
     if normal.empty:
         return None
-    size = images.inputs.heatmap_size
+    inputs = images.inputs
+    size, tiling = inputs.heatmap_size, inputs.tiling
     # Names the bank's inputs, so per-image heatmap scores can be cached against it.
-    key = content_key(images.backbone_key, size, list(zip(normal["content_hash"], normal["group_id"])), config.bank)
-    log(f"memory bank {images.domain}: coreset of {len(normal)} images at {size[0]}x{size[1]}")
+    key = content_key(images.backbone_key, size, list(zip(normal["content_hash"], normal["group_id"])), config.bank, *([tiling] if tiling else []))
+    log(f"memory bank {images.domain}: coreset of {len(normal)} images at {inputs.describe_heatmap_input()}")
     meta = {"domain": images.domain, "images": len(normal), "input_size": list(size), "content_key": key}
-    bank = fit_memory_bank(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
-    choice = None if bank.is_exact else choose_probes(bank, val_images(images, config), config.scoring, size, config.search_probes)
+    fit = fit_memory_bank if tiling is None else fit_tiled_memory_bank
+    bank = fit(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
+    # The probe count is chosen on whole-image maps; a tiled bank keeps the default.
+    choice = None
+    if not bank.is_exact and tiling is None:
+        choice = choose_probes(bank, val_images(images, config), config.scoring, size, config.search_probes)
     if choice is not None:
         bank.meta["search_probes"] = choice.summary()
         bank.meta["config"]["ivf_nprobe"] = choice.nprobe
@@ -111,7 +117,10 @@ def raw_heatmap_scores(bank: MemoryBank, images: DomainImages, frame: pd.DataFra
     missing = frame[~frame["content_hash"].isin(cached)].drop_duplicates("content_hash")
     if not missing.empty:
         patches = patch_features(images, missing, config)
-        cached.update({h: score_patches(bank, p, config.scoring).image_score for h, p in zip(missing["content_hash"], patches)})
+        sizes = zip(missing["height"].astype(int), missing["width"].astype(int))
+        cached.update(
+            {h: score_image(bank, p, size, images.inputs, config.scoring).image_score for h, p, size in zip(missing["content_hash"], patches, sizes)}
+        )
         write_json_atomic(path, cached)
     return np.array([cached[h] for h in frame["content_hash"]])
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from cpst_pipeline.data.images import load_image, load_mask
 from cpst_pipeline.evaluation.metrics import PixelAurocAccumulator, auroc
-from cpst_pipeline.features.embed import ResolutionConfig
+from cpst_pipeline.features.embed import DomainInputs, ResolutionConfig, heatmap_features
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.resolution import (
     ResolutionCandidate,
@@ -33,18 +33,18 @@ from cpst_pipeline.features.resolution import (
     choose_resolution,
     resolution_candidates,
 )
-from cpst_pipeline.features.tiling import TiledFeatures, extract_tiled_features
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
-from cpst_pipeline.patchcore.scoring import ScoringConfig, anomaly_map, score_patches
+from cpst_pipeline.patchcore.image_scores import score_image
+from cpst_pipeline.patchcore.scoring import ScoringConfig
 from cpst_pipeline.patchcore.search_probes import even_sample
-from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank, score_tiles
+from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank
 from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 
 
 # Part of the trial cache's key: bump it when a trial would measure differently.
-TRIAL_VERSION = 1
+TRIAL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,29 @@ class CandidateRun:
     def __init__(self, extractor: FeatureExtractor, candidate: ResolutionCandidate, median_size: tuple[float, float], max_aspect: float):
         self.extractor = extractor
         self.candidate = candidate
-        self.input_size = candidate.input_size(*median_size, max_aspect)
+        self.inputs = candidate_inputs(candidate, median_size, max_aspect)
 
-    def features(self, image: np.ndarray) -> TiledFeatures | np.ndarray:
-        if self.candidate.tiling is not None:
-            return extract_tiled_features(self.extractor, image, self.candidate.tiling)
-        batch = self.extractor.batch([image], self.input_size)
-        return self.extractor.patch_features(batch)[0].cpu().numpy().astype(np.float16)
+    def features(self, image: np.ndarray) -> np.ndarray:
+        return heatmap_features(self.extractor, [image], self.inputs)[0]
 
     def fit(self, rows: pd.DataFrame, config: BankConfig) -> MemoryBank:
         features = [self.features(load_image(path)) for path in rows["path"]]
-        fit = fit_tiled_memory_bank if self.candidate.tiling is not None else fit_memory_bank
+        fit = fit_tiled_memory_bank if self.inputs.tiling is not None else fit_memory_bank
         return fit(features, rows["group_id"].tolist(), config)
 
     def score(self, bank: MemoryBank, image: np.ndarray, config: ScoringConfig) -> tuple[float, np.ndarray]:
         """Image score and the anomaly map at the image's own size."""
-        features = self.features(image)
-        if self.candidate.tiling is not None:
-            tiled = score_tiles(bank, features, config)
-            return tiled.image_score, anomaly_map(tiled.map, tiled.map.shape, image.shape[:2], config.map_sigma)
-        scores = score_patches(bank, features, config)
-        return scores.image_score, anomaly_map(scores.grid, self.input_size, image.shape[:2], config.map_sigma)
+        scores = score_image(bank, self.features(image), image.shape[:2], self.inputs, config)
+        return scores.image_score, scores.anomaly_map(image.shape[:2], config.map_sigma)
+
+
+def candidate_inputs(candidate: ResolutionCandidate, median_size: tuple[float, float], max_aspect: float) -> DomainInputs:
+    """The heatmap inputs a candidate gives a domain (the gate's size is not the trial's concern)."""
+    if candidate.tiling is not None:
+        tile = (candidate.tiling.tile_size, candidate.tiling.tile_size)
+        return DomainInputs(heatmap_size=tile, gate_size=tile, tiling=candidate.tiling)
+    size = candidate.input_size(*median_size, max_aspect)
+    return DomainInputs(heatmap_size=size, gate_size=size)
 
 
 def measure_candidate(run: CandidateRun, bank_rows: pd.DataFrame, val_rows: pd.DataFrame, bank: BankConfig, scoring: ScoringConfig) -> CandidateResult:
@@ -114,10 +116,13 @@ def median_size(rows: pd.DataFrame) -> tuple[float, float]:
 
 
 def served_candidates(rows: pd.DataFrame, resolution: ResolutionConfig, trial: ResolutionTrialConfig) -> list[ResolutionCandidate]:
-    """The resized candidates worth a trial for these images; one (the default) when none is."""
+    """The candidates worth a trial for these images; one (the default) when none is. Tiles are
+    scaled so the short side takes at most ``trial.max_tiles_per_side`` of them."""
     height, width = median_size(rows)
-    candidates = [c for c in resolution_candidates(height, width, resolution.heatmap_short_side) if c.short_side is not None]
-    return candidates if min(height, width) >= trial.min_scale * resolution.heatmap_short_side else candidates[:1]
+    if min(height, width) < trial.min_scale * resolution.heatmap_short_side:
+        return resolution_candidates(height, width, resolution.heatmap_short_side)[:1]
+    base = resolution.heatmap_short_side
+    return resolution_candidates(height, width, base, trial.tiling(min(height, width), base))
 
 
 def choose_domain_resolution(rows: pd.DataFrame, get_extractor: Callable[[], FeatureExtractor], config: PipelineConfig) -> ResolutionChoice | None:
