@@ -3,11 +3,12 @@ train_normal images, every val image is scored, and ``features.resolution.choose
 keeps the 256 px default unless another candidate is clearly better.
 
 The pipeline tries candidates only for images at least twice the default short side, the case
-of small defects on large images (val AUROC on 640 px images with 1-3 px defects: 0.49-0.68 at
-256 px, 0.82-0.93 at 384 px; BENCHMARKS "Heatmap resolution per domain"). Smaller images keep
-256 px untried: Kolektor's 500 px images lost AUROC at 320-384 px. It tries resized inputs only;
-tiled scoring is measured by the resolution benchmark but not served yet. A trial's outcome is
-cached by the content of the images it used, so re-runs with the same images cost nothing.
+of small defects on large images (val AUROC on 640 px images with 1-3 px defects: 0.60-0.83 at
+256 px, 0.83-0.99 at the chosen 384 px or tiles; BENCHMARKS "The resolution trial in the
+pipeline"). Smaller images keep 256 px untried: Kolektor's 500 px images lost AUROC at 320-384 px.
+The candidates are 256 px, 384 px and tiles of the default size, the image scaled so that its
+short side takes at most three (``ResolutionTrialConfig.tiling``). A trial's outcome is cached by
+the content of the images it used, so re-runs with the same images cost nothing.
 """
 
 from __future__ import annotations
