@@ -142,7 +142,10 @@ def test_load_restores_every_part(cascade: dict) -> None:
     # plain files only: nothing a loader would have to unpickle
     suffixes = {p.suffix for p in directory.rglob("*") if p.is_file()}
     assert suffixes <= {".json", ".npy", ".faiss", ".safetensors"}
-    assert json.loads((directory / "cascade.json").read_text())["domains"][GATE_ONLY]["gate_size"] == [128, 64]
+    spec = json.loads((directory / "cascade.json").read_text())
+    assert spec["domains"][GATE_ONLY]["gate_size"] == [128, 64]
+    # no domain is tiled: the format code from before tiles reads, with no tiling entries
+    assert spec["format"] == 4 and not any("tiling" in d for d in spec["domains"].values())
 
 
 def test_heatmap_domain_prediction_matches_its_parts(cascade: dict) -> None:

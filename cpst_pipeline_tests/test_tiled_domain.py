@@ -3,6 +3,7 @@ through the same library functions the assets call."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 @pytest.fixture(scope="module")
 def tiled(tiny_demo: Path, tmp_path_factory) -> dict:
     config = tiny_settings(tmp_path_factory.mktemp("tiled"), tiny_demo).pipeline_config()
+    config = replace(config, bank=replace(config.bank, index_type="ivf"))  # approximate search, as large banks get
     splits = split_dataset(index_datasets(config).index, config)
     rows = splits[splits["domain"] == DOMAIN].reset_index(drop=True)
     images = DomainImages(DOMAIN, rows, DomainInputs(heatmap_size=(64, 64), gate_size=(64, 64), tiling=TILING), config.backbone.key())
@@ -62,7 +64,10 @@ def test_domain_images_keep_their_tiling_on_disk(tiled: dict, tmp_path: Path) ->
 
 def test_the_bank_is_built_from_tiles_and_scores_each_image_by_its_worst_tile(tiled: dict) -> None:
     images, bank, config = tiled["images"], tiled["bank"], tiled["config"]
-    assert bank.meta["tiled"] and "search_probes" not in bank.meta
+    assert bank.meta["tiled"]
+    # the probe choice compares whole-image maps: a tiled bank keeps the configured count, and says so
+    assert bank.meta["search_probes"]["nprobe"] == config.bank.ivf_nprobe
+    assert bank.meta["search_probes"]["reason"].startswith("tiled bank")
     normal = images.in_splits("train_normal")
     assert bank.meta["source_images"] == normal["content_hash"].nunique()
     val = images.in_splits("val_mix")
@@ -79,7 +84,10 @@ def test_the_served_cascade_scores_tiles_and_maps_the_whole_image(tiled: dict, t
     cascade = assemble_cascade(
         domains, {DOMAIN: tiled["gate"]}, {DOMAIN: tiled["bank"]}, {DOMAIN: tiled["calibration"]}, fit_router(domains, config), config
     )
-    model = CascadeModel.load(save_cascade(cascade, tmp_path / "cascade"), device="cpu")
+    directory = save_cascade(cascade, tmp_path / "cascade")
+    # a tiled cascade is a format that code from before tiles refuses to load
+    assert json.loads((directory / "cascade.json").read_text())["format"] == 5
+    model = CascadeModel.load(directory, device="cpu")
     assert model.inputs[DOMAIN].tiling == TILING
     test = images.in_splits("test_mix")
     pictures = [load_image(p) for p in test["path"]]

@@ -107,7 +107,7 @@ def measure_domain(domain: str, table: pd.DataFrame, config: CalibrationConfig) 
     calibrations = {
         "before": calibrate_domain(domain, val.labels, val.gate_scores, val.raw_heatmap_scores, replace(val_only, weak_gate_routing=False), extra),
         "routed": calibrate_domain(domain, val.labels, val.gate_scores, val.raw_heatmap_scores, val_only, extra),
-        "after": calibrate_on_evidence(domain, CalibrationEvidence(val, train_mix), config),
+        "after": calibrate_on_evidence(domain, CalibrationEvidence(val, train_mix if len(train_mix.labels) else None), config),
     }
     after = calibrations["after"]
     test = _images(split["test_mix"], "gate_score")

@@ -33,8 +33,11 @@ from cpst_pipeline.patchcore.bank import MemoryBank, load_memory_bank, save_memo
 from cpst_pipeline.patchcore.image_scores import score_image
 from cpst_pipeline.patchcore.scoring import ScoringConfig
 
-# Bumped whenever the directory layout changes (4: one gate per domain).
-CASCADE_FORMAT = 4
+# Bumped whenever the directory layout changes (4: one gate per domain; 5: a domain may be
+# tiled). An untiled cascade is still written as 4, so code that predates tiles reads it, and
+# refuses a tiled one instead of scoring it as a resized image.
+CASCADE_FORMAT = 5
+UNTILED_CASCADE_FORMAT = 4
 UNKNOWN_DOMAIN_REASON = "looks like none of the known domains"
 # Images per backbone pass when predicting a batch: bounds memory for large requests.
 BACKBONE_BATCH = 16
@@ -76,15 +79,16 @@ def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
         save_memory_bank(bank, directory / "banks" / domain)
     write_json_atomic(directory / "calibration.json", {d: c.to_dict() for d, c in artifacts.calibrations.items()})
     artifacts.router.save(directory / "router.json")
+    domains = {d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size)} for d, i in artifacts.inputs.items()}
+    for domain, inputs in artifacts.inputs.items():
+        if inputs.tiling is not None:
+            domains[domain]["tiling"] = asdict(inputs.tiling)
     spec = {
-        "format": CASCADE_FORMAT,
+        "format": CASCADE_FORMAT if any(i.tiling for i in artifacts.inputs.values()) else UNTILED_CASCADE_FORMAT,
         "backbone": asdict(artifacts.backbone),
         "resolution": asdict(artifacts.resolution),
         "scoring": asdict(artifacts.scoring),
-        "domains": {
-            d: {"gate_size": list(i.gate_size), "heatmap_size": list(i.heatmap_size), "tiling": None if i.tiling is None else asdict(i.tiling)}
-            for d, i in artifacts.inputs.items()
-        },
+        "domains": domains,
     }
     write_json_atomic(directory / "cascade.json", spec)
     return directory
@@ -93,7 +97,7 @@ def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
 def load_cascade(directory: Path) -> CascadeArtifacts:
     directory = Path(directory)
     spec = json.loads((directory / "cascade.json").read_text())
-    if spec.get("format") != CASCADE_FORMAT:
+    if spec.get("format") not in (UNTILED_CASCADE_FORMAT, CASCADE_FORMAT):
         raise ValueError(f"{directory} holds cascade format {spec.get('format')}, this code reads {CASCADE_FORMAT}; re-materialize the cascade")
     subfolders = lambda name: sorted(p for p in (directory / name).iterdir()) if (directory / name).exists() else []  # noqa: E731
     return CascadeArtifacts(

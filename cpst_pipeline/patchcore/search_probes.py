@@ -47,6 +47,11 @@ def even_sample(count: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, num=min(count, limit)).round().astype(int)) if count else np.zeros(0, int)
 
 
+def configured_probes(bank: MemoryBank, reason: str) -> ProbeChoice | None:
+    """The bank's probe count as configured, and why it was not chosen; None without IVF lists."""
+    return ProbeChoice(bank.index.nprobe, reason, {}) if isinstance(bank.index, faiss.IndexIVF) else None
+
+
 def choose_probes(
     bank: MemoryBank, images: Sequence[ValImage], scoring: ScoringConfig, input_size: tuple[int, int], rule: ProbeRule = ProbeRule()
 ) -> ProbeChoice | None:

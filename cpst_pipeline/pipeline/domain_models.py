@@ -24,7 +24,7 @@ from cpst_pipeline.gate.train import constant_gate, train_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.patchcore.image_scores import score_image
-from cpst_pipeline.patchcore.search_probes import choose_probes, even_sample
+from cpst_pipeline.patchcore.search_probes import choose_probes, configured_probes, even_sample
 from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank
 from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.patchcore.val_scores import ValImage
@@ -79,9 +79,10 @@ def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = pri
     meta = {"domain": images.domain, "images": len(normal), "input_size": list(size), "content_key": key}
     fit = fit_memory_bank if tiling is None else fit_tiled_memory_bank
     bank = fit(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
-    # The probe count is chosen on whole-image maps; a tiled bank keeps the default.
     choice = None
-    if not bank.is_exact and tiling is None:
+    if tiling is not None:
+        choice = configured_probes(bank, "tiled bank: configured probe count kept (the choice compares whole-image maps)")
+    elif not bank.is_exact:
         choice = choose_probes(bank, val_images(images, config), config.scoring, size, config.search_probes)
     if choice is not None:
         bank.meta["search_probes"] = choice.summary()
