@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import cpst_pipeline.cascade.calibration as calibration_module
 from cpst_pipeline.cascade.calibration import (
     CalibrationConfig,
     CalibrationEvidence,
@@ -17,7 +18,7 @@ from cpst_pipeline.cascade.calibration import (
     calibrate_on_evidence,
     choose_gate_band,
 )
-from cpst_pipeline.cascade.fusion import FusionModel
+from cpst_pipeline.cascade.fusion import FusionDecision, FusionModel
 from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration, cascade_score
 from cpst_pipeline.evaluation.metrics import threshold_for_recall
 
@@ -470,3 +471,21 @@ def test_a_useless_gate_leaves_every_image_to_the_heatmap_and_says_so() -> None:
     normalised = cal.normalise(np.concatenate([val.raw_heatmap_scores, train_mix.raw_heatmap_scores]))
     heatmap_fpr = (normalised[labels == 0] >= cal.heatmap_threshold).mean()
     assert cal.evidence["false_positive_rate"] <= heatmap_fpr + config.max_extra_fpr + 1e-12
+
+
+def test_a_fusion_that_ranks_better_but_breaks_the_fpr_bound_at_the_recall_is_not_used(monkeypatch) -> None:
+    """Cross-validated AUROC judges the whole ranking; the cascade decides at one threshold. A fused
+    score that must flag more normal images than the heatmap alone to keep the recall is dropped."""
+    val, train_mix = _domain(4, 60, 2.0, 2.0, "v"), _domain(5, 240, 2.0, 2.0, "t")
+    config = CalibrationConfig(target_recall=0.9, max_call_rate=1.0)
+    inverted = FusionModel(intercept=0.0, gate_weight=0.0, heatmap_weight=-1.0)  # ranks defects last
+    decision = FusionDecision(True, "forced for the test", 0.7, 0.8, 0.9, inverted)
+    monkeypatch.setattr(calibration_module, "decide_fusion", lambda *args: decision)
+    cal = calibrate_on_evidence("metal", CalibrationEvidence(val, train_mix), config)
+    assert cal.fusion is None and not cal.evidence["fusion"]["use"]
+    assert "not used: at recall 0.9" in cal.evidence["fusion"]["reason"]
+    # the heatmap alone decides, within its own FPR: no band that flags every image
+    assert cal.gate_high > -math.inf
+    normal = np.concatenate([val.labels, train_mix.labels]) == 0
+    heatmap = cal.normalise(np.concatenate([val.raw_heatmap_scores, train_mix.raw_heatmap_scores]))
+    assert cal.evidence["false_positive_rate"] <= (heatmap[normal] >= cal.heatmap_threshold).mean() + config.max_extra_fpr + 1e-9

@@ -10,7 +10,9 @@ gate band is fitted on val alone, where one defect of ten decides.
 2. The heatmap threshold is the largest that keeps the target recall on the evidence.
 3. Fusion (fusion.py): where a logistic fit of both scores beats the better single score
    in grouped cross-validation, images sent to the heatmap are decided on the fused
-   score, against its own threshold for the target recall.
+   score, against its own threshold for the target recall, unless at that threshold it
+   breaks the FPR bound of step 4 (ranking better overall, it can still be worse at the
+   recall that matters; the heatmap alone then decides).
 4. The gate band [gate_low, gate_high) is fitted on the evidence images with gate scores.
    Every candidate keeps the target recall; the FPR bound is the heatmap-alone FPR plus
    ``max_extra_fpr``, the call budget ``max_call_rate``. Among the bands that meet the
@@ -186,13 +188,25 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         calibration.heatmap_threshold = threshold_for_recall(rows.labels, normalised, config.target_recall)
     banded = rows.has_gate
     labels, gate, heatmap = rows.labels[banded], rows.gate[banded], normalised[banded]
+    normal = labels == 0
+    heatmap_fpr = float((heatmap[normal] >= calibration.heatmap_threshold).mean()) if normal.any() else math.nan
+    max_fpr = heatmap_fpr + config.max_extra_fpr
     figures: dict = {"fusion": None}
     if config.fuse_scores and labels.any() and not labels.all():
         decision = decide_fusion(labels, gate, heatmap, rows.groups[banded], config.fusion)
         figures["fusion"] = decision.summary()
         if decision.use:
-            calibration.fusion = decision.model
-            calibration.fused_threshold = threshold_for_recall(labels, decision.model.score(gate, heatmap), config.target_recall)
+            fused = decision.model.score(gate, heatmap)
+            fused_threshold = threshold_for_recall(labels, fused, config.target_recall)
+            fused_fpr = float((fused[normal] >= fused_threshold).mean())
+            if fused_fpr <= max_fpr + 1e-12:
+                calibration.fusion, calibration.fused_threshold = decision.model, fused_threshold
+            else:
+                figures["fusion"] |= {
+                    "use": False,
+                    "reason": f"{decision.reason}; not used: at recall {config.target_recall} the fused score flags "
+                    f"{fused_fpr:.3f} of normal images against {heatmap_fpr:.3f} for the heatmap alone",
+                }
     if not labels.any():
         calibration.notes.append("no anomalies with gate scores: the gate is not used (heatmap on every image)")
     elif not (labels == 0).any():
@@ -201,8 +215,6 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         margin = calibration.heatmap_margin(gate, heatmap)
         gate_auroc, stage_auroc = auroc(labels, gate), auroc(labels, margin)
         figures |= {"gate_auroc": gate_auroc, "heatmap_stage_auroc": stage_auroc}
-        heatmap_fpr = float((heatmap[labels == 0] >= calibration.heatmap_threshold).mean())
-        max_fpr = heatmap_fpr + config.max_extra_fpr
         gate_is_weaker = config.weak_gate_routing and gate_auroc < stage_auroc
         calibration.gate_low, calibration.gate_high = choose_gate_band(
             labels, gate, margin >= 0, config.target_recall, max_fpr, config.max_call_rate, gate_is_weaker

@@ -87,7 +87,8 @@ def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = pri
     if choice is not None:
         bank.meta["search_probes"] = choice.summary()
         bank.meta["config"]["ivf_nprobe"] = choice.nprobe
-        log(f"memory bank {images.domain}: {choice.nprobe} IVF lists per patch ({choice.reason}): {choice.pixel_auroc}")
+        figures = f": {choice.pixel_auroc}" if choice.pixel_auroc else ""
+        log(f"memory bank {images.domain}: {choice.nprobe} IVF lists per patch ({choice.reason}){figures}")
     return bank
 
 
