@@ -209,7 +209,7 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
                 }
     if not labels.any():
         calibration.notes.append("no anomalies with gate scores: the gate is not used (heatmap on every image)")
-    elif not (labels == 0).any():
+    elif not normal.any():
         calibration.notes.append("no normal images with gate scores: false positives cannot be bounded, so the heatmap runs on every image")
     else:
         margin = calibration.heatmap_margin(gate, heatmap)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cpst_pipeline.data.images import load_image
 from cpst_pipeline.features.backbone import BackboneConfig
 from cpst_pipeline.features.extractor import FeatureExtractor
 from cpst_pipeline.features.loader import iter_resized_batches
 from cpst_pipeline.features.preprocess import fit_input_size
 from cpst_pipeline.features.store import FeatureStore
 from cpst_pipeline.features.tiling import TilingConfig, extract_tiled_features
-from cpst_pipeline.data.images import load_image
 
 Progress = Callable[[int, int], None]
 
@@ -77,7 +77,7 @@ def patch_kind(backbone_key: str, size: tuple[int, int]) -> str:
 
 def heatmap_features(extractor: FeatureExtractor, images: list[np.ndarray], inputs: DomainInputs) -> list[np.ndarray]:
     """Heatmap patch features of decoded images: (h, w, D) at ``inputs.heatmap_size``, or
-    (tiles, h, w, D) when the domain is tiled (each image's tiles in one backbone batch)."""
+    (tiles, h, w, D) when the domain is tiled (``extract_tiled_features``, image by image)."""
     if inputs.tiling is not None:
         return [extract_tiled_features(extractor, image, inputs.tiling).patches for image in images]
     return list(extractor.patch_features(extractor.batch(images, inputs.heatmap_size)).cpu().numpy())
@@ -131,17 +131,17 @@ def embed_domain(
             progress(done, len(todo))
     if tiled_kind is not None:
         tiled = todo[todo["content_hash"].isin(missing_by_kind[tiled_kind])]
-        _embed_tiles(store, tiled_kind, extractor, tiled, inputs.tiling, batch_size, progress)
+        _embed_tiles(store, tiled_kind, extractor, tiled, inputs, batch_size, progress)
     return len(todo)
 
 
 def _embed_tiles(
-    store: FeatureStore, kind: str, extractor: FeatureExtractor, images: pd.DataFrame, tiling: TilingConfig, batch_size: int, progress: Progress | None
+    store: FeatureStore, kind: str, extractor: FeatureExtractor, images: pd.DataFrame, inputs: DomainInputs, batch_size: int, progress: Progress | None
 ) -> None:
-    """Tiled patch features, (tiles, h, w, D) per image: tiles of one image go through the backbone together."""
+    """Tiled patch features, (tiles, h, w, D) per image, written ``batch_size`` images at a time."""
     pending: dict[str, np.ndarray] = {}
     for done, (content_hash, path) in enumerate(zip(images["content_hash"], images["path"]), start=1):
-        pending[content_hash] = extract_tiled_features(extractor, load_image(path), tiling).patches
+        [pending[content_hash]] = heatmap_features(extractor, [load_image(path)], inputs)
         if len(pending) == batch_size or done == len(images):
             store.append(kind, pending)
             pending = {}

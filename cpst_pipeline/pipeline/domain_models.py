@@ -23,10 +23,8 @@ from cpst_pipeline.gate.model import GateNet
 from cpst_pipeline.gate.train import constant_gate, train_gate
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import MemoryBank
-from cpst_pipeline.patchcore.image_scores import score_image
+from cpst_pipeline.patchcore.image_scores import fit_heatmap_bank, score_image
 from cpst_pipeline.patchcore.search_probes import choose_probes, configured_probes, even_sample
-from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank
-from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.patchcore.val_scores import ValImage
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 from cpst_pipeline.pipeline.dataset import TRAINING_SPLITS, anomaly_labels
@@ -77,8 +75,7 @@ def fit_domain_bank(images: DomainImages, config: PipelineConfig, log: Log = pri
     key = content_key(images.backbone_key, size, list(zip(normal["content_hash"], normal["group_id"])), config.bank, *([tiling] if tiling else []))
     log(f"memory bank {images.domain}: coreset of {len(normal)} images at {inputs.describe_heatmap_input()}")
     meta = {"domain": images.domain, "images": len(normal), "input_size": list(size), "content_key": key}
-    fit = fit_memory_bank if tiling is None else fit_tiled_memory_bank
-    bank = fit(patch_features(images, normal, config), normal["group_id"].tolist(), config.bank, meta)
+    bank = fit_heatmap_bank(patch_features(images, normal, config), normal["group_id"].tolist(), inputs, config.bank, meta)
     choice = None
     if tiling is not None:
         choice = configured_probes(bank, "tiled bank: configured probe count kept (the choice compares whole-image maps)")

@@ -36,11 +36,9 @@ from cpst_pipeline.features.resolution import (
 )
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.patchcore.bank import BankConfig, MemoryBank
-from cpst_pipeline.patchcore.image_scores import score_image
+from cpst_pipeline.patchcore.image_scores import fit_heatmap_bank, score_image
 from cpst_pipeline.patchcore.scoring import ScoringConfig
 from cpst_pipeline.patchcore.search_probes import even_sample
-from cpst_pipeline.patchcore.tiled import fit_tiled_memory_bank
-from cpst_pipeline.patchcore.training import fit_memory_bank
 from cpst_pipeline.pipeline.config import PipelineConfig, content_key
 
 
@@ -68,8 +66,7 @@ class CandidateRun:
 
     def fit(self, rows: pd.DataFrame, config: BankConfig) -> MemoryBank:
         features = [self.features(load_image(path)) for path in rows["path"]]
-        fit = fit_tiled_memory_bank if self.inputs.tiling is not None else fit_memory_bank
-        return fit(features, rows["group_id"].tolist(), config)
+        return fit_heatmap_bank(features, rows["group_id"].tolist(), self.inputs, config)
 
     def score(self, bank: MemoryBank, image: np.ndarray, config: ScoringConfig) -> tuple[float, np.ndarray]:
         """Image score and the anomaly map at the image's own size."""
