@@ -20,7 +20,7 @@ from cpst_pipeline.cascade.calibration import (
 )
 from cpst_pipeline.cascade.fusion import FusionDecision, FusionModel
 from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration, cascade_score
-from cpst_pipeline.evaluation.metrics import threshold_for_recall
+from cpst_pipeline.cascade.recall_rule import defects_to_flag, threshold_for_new_defects
 
 
 def _outcome(labels, gate_scores, heatmap_flags, low: float, high: float) -> tuple[float, float, int]:
@@ -35,6 +35,11 @@ def _outcome(labels, gate_scores, heatmap_flags, low: float, high: float) -> tup
     return float(recall), float(fpr), int(called.sum())
 
 
+def _keeps_recall(labels, recall: float, target_recall: float) -> bool:
+    n_defects = int(np.sum(labels))
+    return round(recall * n_defects) >= defects_to_flag(n_defects, target_recall)
+
+
 def _brute_force_min_calls(labels, gate_scores, heatmap_flags, target_recall, max_fpr) -> int | None:
     values = np.unique(gate_scores)
     thresholds = [-math.inf, *((values[:-1] + values[1:]) / 2), math.inf]
@@ -42,7 +47,7 @@ def _brute_force_min_calls(labels, gate_scores, heatmap_flags, target_recall, ma
     for i, low in enumerate(thresholds):
         for high in thresholds[i:]:
             recall, fpr, calls = _outcome(labels, gate_scores, heatmap_flags, low, high)
-            if recall >= target_recall - 1e-12 and fpr <= max_fpr + 1e-12:
+            if _keeps_recall(labels, recall, target_recall) and fpr <= max_fpr + 1e-12:
                 best = calls if best is None else min(best, calls)
     return best
 
@@ -61,7 +66,7 @@ def test_chosen_band_meets_constraints_and_is_cheapest(seed: int) -> None:
     low, high = choose_gate_band(labels, gate, flags, target, max_fpr)
     assert low <= high
     recall, fpr, calls = _outcome(labels, gate, flags, low, high)
-    assert recall >= target - 1e-12
+    assert _keeps_recall(labels, recall, target)
     assert fpr <= max_fpr + 1e-12
     assert calls == _brute_force_min_calls(labels, gate, flags, target, max_fpr)
     assert calls < n  # an informative gate saves heatmap calls
@@ -99,13 +104,14 @@ def test_a_weak_gate_routes_as_many_images_as_the_budget_allows(seed: int) -> No
     n, budget, max_fpr = 80, 0.5, 0.3
     labels = (rng.random(n) < 0.3).astype(int)
     labels[:2] = [0, 1]
-    gate = np.round(np.clip(0.4 + 0.25 * labels + rng.normal(scale=0.2, size=n), 0, 1), 2)
+    gate = np.round(np.clip(0.4 + 0.35 * labels + rng.normal(scale=0.2, size=n), 0, 1), 2)
     flags = np.where(rng.random(n) < 0.9, labels, 1 - labels).astype(bool)
-    target = min(0.9, flags[labels == 1].mean())
+    flags[labels == 1] = True  # the heatmap alone keeps the recall, so the FPR bound can be met
+    target = 0.9
     cheapest = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget))
     weak = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget, gate_is_weaker=True))
-    eligible = [o for _, _, o in _all_bands(labels, gate, flags) if o[0] >= target - 1e-12 and o[1] <= max_fpr + 1e-12 and o[2] <= budget * n]
-    assert weak[0] >= target - 1e-12 and weak[1] <= max_fpr + 1e-12
+    eligible = [o for _, _, o in _all_bands(labels, gate, flags) if _keeps_recall(labels, o[0], target) and o[1] <= max_fpr + 1e-12 and o[2] <= budget * n]
+    assert _keeps_recall(labels, weak[0], target) and weak[1] <= max_fpr + 1e-12
     assert weak[2] == max(o[2] for o in eligible) <= budget * n
     assert weak[1] == pytest.approx(min(o[1] for o in eligible if o[2] == weak[2]))
     assert cheapest[2] == min(o[2] for o in eligible) < weak[2]
@@ -126,12 +132,12 @@ def test_when_the_heatmap_misses_the_recall_the_gate_flags_with_fewest_false_pos
     labels = np.array([0] * 30 + [1] * 10)
     gate = np.round(np.clip(0.3 + 0.4 * labels + rng.normal(scale=0.15, size=40), 0, 1), 3)
     flags = labels.astype(bool)
-    flags[30:33] = False  # the heatmap misses 3 of 10 defects (recall 0.7 < 0.9), and so does the gate:
-    gate[30:33] = [0.3, 0.35, 0.4]  # flagging two of them by gate score flags normals as well
+    flags[30:33] = False  # the heatmap misses 3 of 10 defects (all 10 are needed for 0.9), and so does the gate:
+    gate[30:33] = [0.3, 0.35, 0.4]  # flagging them by gate score flags normals as well
     low, high = choose_gate_band(labels, gate, flags, 0.9, 0.0, 0.5)
     recall, fpr, calls = _outcome(labels, gate, flags, low, high)
-    keepers = [o for _, _, o in _all_bands(labels, gate, flags) if o[0] >= 0.9 and o[2] <= 20]
-    assert recall >= 0.9 and calls <= 20
+    keepers = [o for _, _, o in _all_bands(labels, gate, flags) if _keeps_recall(labels, o[0], 0.9) and o[2] <= 20]
+    assert _keeps_recall(labels, recall, 0.9) and calls <= 20
     assert fpr == pytest.approx(min(o[1] for o in keepers)) and fpr > 0.0
 
 
@@ -197,7 +203,7 @@ def test_calibrate_domain_with_heatmap_meets_its_targets() -> None:
     assert cal.score_center == pytest.approx(np.median(raw[labels == 0]))
     assert cal.score_scale == pytest.approx(np.std(raw[labels == 0]))
     normalised = (raw - cal.score_center) / cal.score_scale
-    assert cal.heatmap_threshold == pytest.approx(threshold_for_recall(labels, normalised, 0.9))
+    assert cal.heatmap_threshold == pytest.approx(threshold_for_new_defects(labels, normalised, 0.9))
     flags = normalised >= cal.heatmap_threshold
     recall, fpr, calls = _outcome(labels, gate, flags, cal.gate_low, cal.gate_high)
     assert recall >= 0.9
@@ -212,7 +218,7 @@ def test_calibrate_domain_without_bank_uses_the_gate_alone() -> None:
     labels, gate, _ = _val(1)
     cal = calibrate_domain("tile", labels, gate, None, CalibrationConfig(target_recall=0.9))
     assert not cal.has_bank
-    assert cal.gate_low == cal.gate_high == pytest.approx(threshold_for_recall(labels, gate, 0.9))
+    assert cal.gate_low == cal.gate_high == pytest.approx(threshold_for_new_defects(labels, gate, 0.9))
     assert any("no memory bank" in note for note in cal.notes)
     assert not any(cal.needs_heatmap(g) for g in gate)
     assert cal.val["heatmap_call_rate"] == 0.0
@@ -444,7 +450,7 @@ def test_gate_only_domain_calibrates_on_out_of_fold_scores_too() -> None:
     strip = lambda s: ScoredImages(s.labels, s.gate_scores, None, s.groups)  # noqa: E731
     cal = calibrate_on_evidence("tile", CalibrationEvidence(strip(val), strip(train_mix)), CalibrationConfig(target_recall=0.9))
     labels, gate = np.concatenate([val.labels, train_mix.labels]), np.concatenate([val.gate_scores, train_mix.gate_scores])
-    assert not cal.has_bank and cal.gate_low == cal.gate_high == pytest.approx(threshold_for_recall(labels, gate, 0.9))
+    assert not cal.has_bank and cal.gate_low == cal.gate_high == pytest.approx(threshold_for_new_defects(labels, gate, 0.9))
     assert cal.evidence["band_fitted_on"] == {"val_mix": 30, "train_mix": 90} and cal.evidence["heatmap_threshold_fitted_on"] is None
 
 

@@ -24,7 +24,7 @@ from cpst_pipeline.resources import CpstSettings
 
 @domain_asset(
     group_name="evaluation",
-    code_version="3",
+    code_version="4",
     description="The domain's score normalisation, heatmap threshold, gate band [T_low, T_high) and maybe a fused score, "
     "on val_mix plus train_mix scored by cross-fitted gates (labelled images neither model trained on).",
 )

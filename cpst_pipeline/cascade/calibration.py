@@ -7,7 +7,9 @@ images: the memory bank never saw train_mix, and with out-of-fold gate scores
 gate band is fitted on val alone, where one defect of ten decides.
 
 1. Heatmap scores are normalised with the median and spread of the evidence's normal images.
-2. The heatmap threshold is the largest that keeps the target recall on the evidence.
+2. The heatmap threshold is the largest that keeps the target recall, counted so that it
+   holds for new defects and not only on the evidence (recall_rule.py). "Keeps the
+   target recall" below means the same count.
 3. Fusion (fusion.py): where a logistic fit of both scores beats the better single score
    in grouped cross-validation, images sent to the heatmap are decided on the fused
    score, against its own threshold for the target recall, unless at that threshold it
@@ -47,7 +49,8 @@ import numpy as np
 from cpst_pipeline.cascade.fusion import FusionConfig, decide_fusion
 from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.evaluation.intervals import trials_needed, wilson_interval
-from cpst_pipeline.evaluation.metrics import auroc, threshold_for_recall
+from cpst_pipeline.cascade.recall_rule import defects_to_flag, threshold_for_new_defects
+from cpst_pipeline.evaluation.metrics import auroc
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ def choose_gate_band(
     true_pos = (pos[-1] - pos[high]) + (pos_h[high] - pos_h[low])
     false_pos = (neg[-1] - neg[high]) + (neg_h[high] - neg_h[low])
     calls = high - low
-    keeps_recall = (low <= high) & (true_pos / max(n_pos, 1) >= target_recall - 1e-12)
+    keeps_recall = (low <= high) & (true_pos >= defects_to_flag(int(n_pos), target_recall))
     in_budget = keeps_recall & (calls <= max_call_rate * len(g) + 1e-9)
     meets_fpr = keeps_recall & (false_pos / max(n_neg, 1) <= max_fpr + 1e-12)
     # np.lexsort sorts by its last key first.
@@ -185,7 +188,7 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         calibration.heatmap_threshold = float(np.quantile(normalised, 0.99))
         calibration.notes.append("no anomalies to calibrate on: heatmap threshold is the 99th percentile of normal scores")
     else:
-        calibration.heatmap_threshold = threshold_for_recall(rows.labels, normalised, config.target_recall)
+        calibration.heatmap_threshold = threshold_for_new_defects(rows.labels, normalised, config.target_recall)
     banded = rows.has_gate
     labels, gate, heatmap = rows.labels[banded], rows.gate[banded], normalised[banded]
     normal = labels == 0
@@ -197,7 +200,7 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         figures["fusion"] = decision.summary()
         if decision.use:
             fused = decision.model.score(gate, heatmap)
-            fused_threshold = threshold_for_recall(labels, fused, config.target_recall)
+            fused_threshold = threshold_for_new_defects(labels, fused, config.target_recall)
             fused_fpr = float((fused[normal] >= fused_threshold).mean())
             if fused_fpr <= max_fpr + 1e-12:
                 calibration.fusion, calibration.fused_threshold = decision.model, fused_threshold
@@ -312,7 +315,7 @@ def _calibrate_gate_only(domain: str, rows: _Rows, config: CalibrationConfig) ->
         threshold = math.inf
         notes.append("no anomalies to calibrate on either: every image is passed as normal")
     else:
-        threshold = threshold_for_recall(labels, gate, config.target_recall)
+        threshold = threshold_for_new_defects(labels, gate, config.target_recall)
     if (labels == 0).sum() == 0:
         notes.append("no normal calibration images: false-positive rate cannot be measured here")
     calibration = DomainCalibration(domain, False, threshold, threshold, notes=notes)
