@@ -10,12 +10,26 @@ from cpst_pipeline.io_utils import write_text_atomic
 HEADER = "# CPST benchmarks\n\nEvery figure below was printed by a script in `cpst_pipeline/benchmark/`; rerun it to refresh its section.\n"
 
 
-def replace_section(path: Path, name: str, body: str) -> Path:
-    """Replace (or append) the ``<!-- name:start --> ... <!-- name:end -->`` block of ``path``."""
+def block(name: str, body: str) -> str:
+    """``body`` between the markers that ``replace_section`` finds by ``name``."""
+    return f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->"
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+
+
+def replace_section(path: Path, name: str, body: str, inside: str | None = None) -> Path:
+    """Replace the ``name`` block of ``path``; where there is none, add it at the end of the
+    ``inside`` block (a section of several blocks) or, without one, of the file."""
     text = path.read_text() if path.exists() else HEADER
-    block = f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->"
-    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
+    new = block(name, body)
+    if _pattern(name).search(text):
+        text = _pattern(name).sub(lambda _: new, text)
+    elif inside is not None and (end := f"<!-- {inside}:end -->") in text:
+        text = text.replace(end, f"\n{new}\n{end}", 1)
+    else:
+        text = f"{text.rstrip()}\n\n{new}\n"
     return write_text_atomic(path, text)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from cpst_pipeline.benchmark.markdown import block
 from cpst_pipeline.benchmark.speed.common import Section
 
 
@@ -17,19 +18,37 @@ def print_section(section: Section) -> None:
     sys.stdout.flush()
 
 
+def run_description(header: dict, sections: str = "") -> str:
+    """Where, when and how a run measured: one sentence for the top of what it writes."""
+    options = f"{' --quick' if header['quick'] else ''}{f' --sections {sections}' if sections else ''}"
+    return (
+        f"`python -m cpst_pipeline.benchmark.speed --data <datasets>{options}` "
+        f"on {header['machine']}, {header['cpu_count']} CPUs, {header['torch_threads']} torch threads, "
+        f"device `{header['device']}`, load average {header['load_average']} at the start, "
+        f"backbone `{header['backbone']}`, {header['date']}, {header['seconds']:.0f} s in all. "
+        f"Reference matrix product (the exact kNN of one Kolektor image): {header['reference_gflops_start']:.0f} "
+        f"GFLOP/s at the start, {header['reference_gflops_end']:.0f} at the end; compare runs by it."
+    )
+
+
+def section_markdown(section: Section, run: str = "") -> str:
+    """One section; ``run``: a run_description, for a section measured without the others."""
+    lines = [f"### {section.title}", ""] + ([run, ""] if run else [])
+    lines += ["| metric | measured | target | verdict |", "|---|---|---|---|"]
+    lines += [f"| {m.strip()} | {v} | {t} | {c} |" for m, v, t, c in section.rows]
+    if section.notes:
+        lines += [""] + [f"- {note}" for note in section.notes]
+    return "\n".join(lines)
+
+
+def block_name(section: Section) -> str:
+    """Each section sits in a block of its own inside the ``speed`` block, so a run of some
+    sections (``--sections``) replaces those and keeps the others."""
+    return f"speed-{section.key}"
+
+
 def markdown(sections: list[Section], header: dict) -> str:
-    lines = [
-        "## Speed and memory",
-        "",
-        (
-            f"`python -m cpst_pipeline.benchmark.speed --data <datasets>{' --quick' if header['quick'] else ''}` "
-            f"on {header['machine']}, {header['cpu_count']} CPUs, {header['torch_threads']} torch threads, "
-            f"device `{header['device']}`, load average {header['load_average']} at the start, "
-            f"backbone `{header['backbone']}`, {header['date']}, {header['seconds']:.0f} s in all. "
-            f"Reference matrix product (the exact kNN of one Kolektor image): {header['reference_gflops_start']:.0f} "
-            f"GFLOP/s at the start, {header['reference_gflops_end']:.0f} at the end; compare runs by it."
-        ),
-    ]
+    lines = ["## Speed and memory", "", run_description(header)]
     if header["busy"]:
         lines += [
             "",
@@ -38,8 +57,5 @@ def markdown(sections: list[Section], header: dict) -> str:
     if header["quick"]:
         lines += ["", "**Quick mode: small sizes, figures not comparable with the targets (stated for the full sizes).**"]
     for section in sections:
-        lines += ["", f"### {section.title}", "", "| metric | measured | target | verdict |", "|---|---|---|---|"]
-        lines += [f"| {m.strip()} | {v} | {t} | {c} |" for m, v, t, c in section.rows]
-        if section.notes:
-            lines += [""] + [f"- {note}" for note in section.notes]
+        lines += ["", block(block_name(section), section_markdown(section))]
     return "\n".join(lines)
