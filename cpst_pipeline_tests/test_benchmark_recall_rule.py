@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from cpst_pipeline.benchmark.recall_rule import held_out_recall, markdown, measure
+from cpst_pipeline.benchmark.recall_rule import counted_threshold, defects_to_flag, held_out_recall, markdown, measure
+
+
+@pytest.mark.parametrize(
+    ("n_defects", "target", "expected"),
+    [(10, 0.95, 10), (18, 0.95, 18), (39, 0.95, 38), (41, 0.95, 40), (314, 0.95, 300), (19, 0.9, 18), (0, 0.95, 0), (5, 1.0, 5)],
+)
+def test_defects_to_flag(n_defects: int, target: float, expected: int) -> None:
+    assert defects_to_flag(n_defects, target) == expected
+
+
+def test_counted_threshold_picks_the_counted_defect_and_ignores_normals() -> None:
+    assert counted_threshold(np.array([0, 1, 1, 1, 0]), np.array([9.0, 3.0, 1.0, 2.0, 8.0]), 0.95) == 1.0
 
 
 def test_the_counted_rule_keeps_the_target_on_held_out_defects_where_the_empirical_one_falls_short() -> None:

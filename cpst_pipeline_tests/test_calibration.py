@@ -20,7 +20,7 @@ from cpst_pipeline.cascade.calibration import (
 )
 from cpst_pipeline.cascade.fusion import FusionDecision, FusionModel
 from cpst_pipeline.cascade.policy import DECISION_THRESHOLD, DomainCalibration, cascade_score
-from cpst_pipeline.cascade.recall_rule import defects_to_flag, threshold_for_new_defects
+from cpst_pipeline.evaluation.metrics import threshold_for_recall
 
 
 def _outcome(labels, gate_scores, heatmap_flags, low: float, high: float) -> tuple[float, float, int]:
@@ -35,11 +35,6 @@ def _outcome(labels, gate_scores, heatmap_flags, low: float, high: float) -> tup
     return float(recall), float(fpr), int(called.sum())
 
 
-def _keeps_recall(labels, recall: float, target_recall: float) -> bool:
-    n_defects = int(np.sum(labels))
-    return round(recall * n_defects) >= defects_to_flag(n_defects, target_recall)
-
-
 def _brute_force_min_calls(labels, gate_scores, heatmap_flags, target_recall, max_fpr) -> int | None:
     values = np.unique(gate_scores)
     thresholds = [-math.inf, *((values[:-1] + values[1:]) / 2), math.inf]
@@ -47,7 +42,7 @@ def _brute_force_min_calls(labels, gate_scores, heatmap_flags, target_recall, ma
     for i, low in enumerate(thresholds):
         for high in thresholds[i:]:
             recall, fpr, calls = _outcome(labels, gate_scores, heatmap_flags, low, high)
-            if _keeps_recall(labels, recall, target_recall) and fpr <= max_fpr + 1e-12:
+            if recall >= target_recall - 1e-12 and fpr <= max_fpr + 1e-12:
                 best = calls if best is None else min(best, calls)
     return best
 
@@ -66,7 +61,7 @@ def test_chosen_band_meets_constraints_and_is_cheapest(seed: int) -> None:
     low, high = choose_gate_band(labels, gate, flags, target, max_fpr)
     assert low <= high
     recall, fpr, calls = _outcome(labels, gate, flags, low, high)
-    assert _keeps_recall(labels, recall, target)
+    assert recall >= target - 1e-12
     assert fpr <= max_fpr + 1e-12
     assert calls == _brute_force_min_calls(labels, gate, flags, target, max_fpr)
     assert calls < n  # an informative gate saves heatmap calls
@@ -104,14 +99,13 @@ def test_a_weak_gate_routes_as_many_images_as_the_budget_allows(seed: int) -> No
     n, budget, max_fpr = 80, 0.5, 0.3
     labels = (rng.random(n) < 0.3).astype(int)
     labels[:2] = [0, 1]
-    gate = np.round(np.clip(0.4 + 0.35 * labels + rng.normal(scale=0.2, size=n), 0, 1), 2)
+    gate = np.round(np.clip(0.4 + 0.25 * labels + rng.normal(scale=0.2, size=n), 0, 1), 2)
     flags = np.where(rng.random(n) < 0.9, labels, 1 - labels).astype(bool)
-    flags[labels == 1] = True  # the heatmap alone keeps the recall, so the FPR bound can be met
-    target = 0.9
+    target = min(0.9, flags[labels == 1].mean())
     cheapest = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget))
     weak = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, target, max_fpr, budget, gate_is_weaker=True))
-    eligible = [o for _, _, o in _all_bands(labels, gate, flags) if _keeps_recall(labels, o[0], target) and o[1] <= max_fpr + 1e-12 and o[2] <= budget * n]
-    assert _keeps_recall(labels, weak[0], target) and weak[1] <= max_fpr + 1e-12
+    eligible = [o for _, _, o in _all_bands(labels, gate, flags) if o[0] >= target - 1e-12 and o[1] <= max_fpr + 1e-12 and o[2] <= budget * n]
+    assert weak[0] >= target - 1e-12 and weak[1] <= max_fpr + 1e-12
     assert weak[2] == max(o[2] for o in eligible) <= budget * n
     assert weak[1] == pytest.approx(min(o[1] for o in eligible if o[2] == weak[2]))
     assert cheapest[2] == min(o[2] for o in eligible) < weak[2]
@@ -132,12 +126,12 @@ def test_when_the_heatmap_misses_the_recall_the_gate_flags_with_fewest_false_pos
     labels = np.array([0] * 30 + [1] * 10)
     gate = np.round(np.clip(0.3 + 0.4 * labels + rng.normal(scale=0.15, size=40), 0, 1), 3)
     flags = labels.astype(bool)
-    flags[30:33] = False  # the heatmap misses 3 of 10 defects (all 10 are needed for 0.9), and so does the gate:
-    gate[30:33] = [0.3, 0.35, 0.4]  # flagging them by gate score flags normals as well
+    flags[30:33] = False  # the heatmap misses 3 of 10 defects (recall 0.7 < 0.9), and so does the gate:
+    gate[30:33] = [0.3, 0.35, 0.4]  # flagging two of them by gate score flags normals as well
     low, high = choose_gate_band(labels, gate, flags, 0.9, 0.0, 0.5)
     recall, fpr, calls = _outcome(labels, gate, flags, low, high)
-    keepers = [o for _, _, o in _all_bands(labels, gate, flags) if _keeps_recall(labels, o[0], 0.9) and o[2] <= 20]
-    assert _keeps_recall(labels, recall, 0.9) and calls <= 20
+    keepers = [o for _, _, o in _all_bands(labels, gate, flags) if o[0] >= 0.9 and o[2] <= 20]
+    assert recall >= 0.9 and calls <= 20
     assert fpr == pytest.approx(min(o[1] for o in keepers)) and fpr > 0.0
 
 
@@ -203,7 +197,7 @@ def test_calibrate_domain_with_heatmap_meets_its_targets() -> None:
     assert cal.score_center == pytest.approx(np.median(raw[labels == 0]))
     assert cal.score_scale == pytest.approx(np.std(raw[labels == 0]))
     normalised = (raw - cal.score_center) / cal.score_scale
-    assert cal.heatmap_threshold == pytest.approx(threshold_for_new_defects(labels, normalised, 0.9))
+    assert cal.heatmap_threshold == pytest.approx(threshold_for_recall(labels, normalised, 0.9))
     flags = normalised >= cal.heatmap_threshold
     recall, fpr, calls = _outcome(labels, gate, flags, cal.gate_low, cal.gate_high)
     assert recall >= 0.9
@@ -218,7 +212,7 @@ def test_calibrate_domain_without_bank_uses_the_gate_alone() -> None:
     labels, gate, _ = _val(1)
     cal = calibrate_domain("tile", labels, gate, None, CalibrationConfig(target_recall=0.9))
     assert not cal.has_bank
-    assert cal.gate_low == cal.gate_high == pytest.approx(threshold_for_new_defects(labels, gate, 0.9))
+    assert cal.gate_low == cal.gate_high == pytest.approx(threshold_for_recall(labels, gate, 0.9))
     assert any("no memory bank" in note for note in cal.notes)
     assert not any(cal.needs_heatmap(g) for g in gate)
     assert cal.val["heatmap_call_rate"] == 0.0
@@ -415,7 +409,8 @@ def test_weak_gate_routes_more_images_to_the_heatmap_within_the_budget() -> None
     normalised = cal.normalise(np.concatenate([val.raw_heatmap_scores, train_mix.raw_heatmap_scores]))
     flags = normalised >= cal.heatmap_threshold
     max_fpr = flags[labels == 0].mean() + config.max_extra_fpr
-    cheapest = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, 0.9, max_fpr, config.max_call_rate))
+    served = np.arange(len(labels)) < len(val.labels)
+    cheapest = _outcome(labels, gate, flags, *choose_gate_band(labels, gate, flags, 0.9, max_fpr, config.max_call_rate, served_gate_rows=served))
     routed = _outcome(labels, gate, flags, cal.gate_low, cal.gate_high)
     assert routed[2] > cheapest[2] and routed[1] < cheapest[1]  # more calls bought fewer false positives
     assert routed[2] <= config.max_call_rate * len(labels)
@@ -450,7 +445,7 @@ def test_gate_only_domain_calibrates_on_out_of_fold_scores_too() -> None:
     strip = lambda s: ScoredImages(s.labels, s.gate_scores, None, s.groups)  # noqa: E731
     cal = calibrate_on_evidence("tile", CalibrationEvidence(strip(val), strip(train_mix)), CalibrationConfig(target_recall=0.9))
     labels, gate = np.concatenate([val.labels, train_mix.labels]), np.concatenate([val.gate_scores, train_mix.gate_scores])
-    assert not cal.has_bank and cal.gate_low == cal.gate_high == pytest.approx(threshold_for_new_defects(labels, gate, 0.9))
+    assert not cal.has_bank and cal.gate_low == cal.gate_high == pytest.approx(threshold_for_recall(labels, gate, 0.9))
     assert cal.evidence["band_fitted_on"] == {"val_mix": 30, "train_mix": 90} and cal.evidence["heatmap_threshold_fitted_on"] is None
 
 
@@ -495,3 +490,23 @@ def test_a_fusion_that_ranks_better_but_breaks_the_fpr_bound_at_the_recall_is_no
     normal = np.concatenate([val.labels, train_mix.labels]) == 0
     heatmap = cal.normalise(np.concatenate([val.raw_heatmap_scores, train_mix.raw_heatmap_scores]))
     assert cal.evidence["false_positive_rate"] <= (heatmap[normal] >= cal.heatmap_threshold).mean() + config.max_extra_fpr + 1e-9
+
+
+def test_the_band_keeps_the_recall_on_the_images_the_served_gate_scored_where_it_can() -> None:
+    """Pooled, the cheapest band clears 4 val defects that the out-of-fold train_mix defects make
+    up for; with the served gate's rows named, the band flags them at a small FPR cost."""
+    val_labels, train_labels = np.array([0] * 20 + [1] * 20), np.array([0] * 80 + [1] * 80)
+    val_gate = np.concatenate([np.linspace(0.0, 0.5, 20), np.linspace(0.42, 0.45, 4), np.linspace(0.6, 1.0, 16)])
+    train_gate = np.concatenate([np.linspace(0.0, 0.3, 80), np.linspace(0.6, 1.0, 80)])
+    labels, gate = np.concatenate([val_labels, train_labels]), np.concatenate([val_gate, train_gate])
+    served = np.arange(len(labels)) < 40
+    flags = labels.astype(bool)
+    flags[20:24] = False  # the heatmap misses the same 4 val defects
+    pooled = choose_gate_band(labels, gate, flags, 0.95, 0.05)
+    both = choose_gate_band(labels, gate, flags, 0.95, 0.05, served_gate_rows=served)
+    assert _outcome(labels[served], gate[served], flags[served], *pooled)[0] == 0.8  # 100 defects pooled: 5 misses allowed
+    recall, fpr, _ = _outcome(labels, gate, flags, *both)
+    assert _outcome(labels[served], gate[served], flags[served], *both)[0] >= 0.95
+    assert 0.0 < fpr <= 0.05 and recall >= 0.95
+    # a bound the val-keeping band would break: the pooled band instead
+    assert choose_gate_band(labels, gate, flags, 0.95, 0.0, served_gate_rows=served) == pooled

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
+from dagster import AssetCheckSeverity, AssetKey, AssetSelection, DagsterInstance, Definitions, materialize
 from PIL import Image
 
 from cpst_pipeline.assets import ALL_ASSET_CHECKS, ALL_ASSETS
@@ -163,6 +163,11 @@ def test_a_domain_without_normal_images_is_served_by_its_gate_alone(tiny_demo, t
     shutil.copytree(tiny_demo / "brushed_metal", root / "brushed_metal")
     shutil.copytree(tiny_demo / "speckled_tile", root / "defects_only", ignore=shutil.ignore_patterns("good"))
     with project(tmp_path, root) as (instance, settings, defs):
-        cascade = _value(materialize_all(defs, instance, cross_domain=["domain_router", "cascade"]), "cascade")
+        results = materialize_all(defs, instance, cross_domain=["domain_router", "cascade"])
+    cascade = _value(results, "cascade")
     assert set(cascade.calibrations) == {"brushed_metal", "defects_only"}
+    gate_checks = {e.partition: e for r in results for e in r.get_asset_check_evaluations() if e.check_name == "gate_better_than_chance"}
+    assert gate_checks["brushed_metal"].passed
+    # its val holds defects only: the gate's AUROC cannot be measured, which warns rather than fails
+    assert not gate_checks["defects_only"].passed and gate_checks["defects_only"].severity == AssetCheckSeverity.WARN
     assert set(cascade.banks) == {"brushed_metal"} and not cascade.calibrations["defects_only"].has_bank

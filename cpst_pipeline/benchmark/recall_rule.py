@@ -1,4 +1,4 @@
-"""Does a threshold fitted for a target recall keep it on defects it was not fitted on?
+"""How far a threshold fitted for a target recall keeps it on defects it was not fitted on.
 
     python -m cpst_pipeline.benchmark.recall_rule --scores data/benchmark/calibration_scores.parquet
 
@@ -6,14 +6,22 @@ Reads the scores table that ``calibration_evidence`` saves and uses the calibrat
 evidence only (val_mix and train_mix, never test). Per domain and score (the gate's:
 out-of-fold on train_mix, the final gate's on val; the heatmap's raw score), the evidence
 defects are dealt into folds many times over; each fold is scored at the threshold fitted
-on the others, once by the empirical rule (``metrics.threshold_for_recall``: flag
-ceil(target n) of them) and once by the calibration's counted rule
-(``cascade/recall_rule.py``). Printed: the pooled held-out recall of each rule.
+on the others. Two rules:
+
+- empirical, the calibration's (``metrics.threshold_for_recall``): flag ceil(target n) of
+  the n fitted defects;
+- counted (split-conformal): if a new defect is exchangeable with the n fitted ones, a
+  threshold at the k-th lowest of their scores flags it with probability at least
+  1 - k / (n + 1); so leave at most floor((1 - target)(n + 1)) - 1 of them unflagged, none
+  below 1 / (1 - target) - 1 defects.
+
+Printed: the pooled held-out recall of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +30,22 @@ import pandas as pd
 
 from cpst_pipeline.benchmark.markdown import replace_section
 from cpst_pipeline.cascade.calibration import CalibrationConfig
-from cpst_pipeline.cascade.recall_rule import threshold_for_new_defects
 from cpst_pipeline.evaluation.metrics import threshold_for_recall
 
-RULES = {"empirical": threshold_for_recall, "counted": threshold_for_new_defects}
+
+def defects_to_flag(n_defects: int, target_recall: float) -> int:
+    """The counted rule: the fewest of ``n_defects`` fitted defects a threshold must flag."""
+    # The tolerance keeps float rounding (1 - 0.95 = 0.05000000000000004) from moving a count.
+    allowed_misses = math.floor((1.0 - target_recall) * (n_defects + 1) + 1e-9) - 1
+    return n_defects - max(allowed_misses, 0)
+
+
+def counted_threshold(labels: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
+    defect_scores = np.sort(np.asarray(scores, dtype=float)[np.asarray(labels) == 1])[::-1]
+    return float(defect_scores[defects_to_flag(defect_scores.size, target_recall) - 1])
+
+
+RULES = {"empirical": threshold_for_recall, "counted": counted_threshold}
 
 
 @dataclass(frozen=True)
@@ -71,8 +91,8 @@ def markdown(results: list[HeldOutRecall], source: str, target_recall: float, fo
         "",
         f"`python -m cpst_pipeline.benchmark.recall_rule` on {source}; target recall {target_recall}. The defects of val_mix + "
         f"train_mix are dealt into {folds} folds, {repeats} times; each fold is scored at the threshold fitted on the others. "
-        "Empirical: flag ceil(target n) of the fitted defects. Counted (the calibration's rule): leave at most "
-        "floor((1 - target)(n + 1)) - 1 of them unflagged.",
+        "Empirical (the calibration's rule): flag ceil(target n) of the n fitted defects. Counted (split-conformal): leave "
+        "at most floor((1 - target)(n + 1)) - 1 of them unflagged.",
         "",
         "| domain | score | evidence defects | held-out recall, empirical | held-out recall, counted |",
         "|---|---|---|---|---|",

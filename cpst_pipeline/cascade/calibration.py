@@ -7,9 +7,7 @@ images: the memory bank never saw train_mix, and with out-of-fold gate scores
 gate band is fitted on val alone, where one defect of ten decides.
 
 1. Heatmap scores are normalised with the median and spread of the evidence's normal images.
-2. The heatmap threshold is the largest that keeps the target recall, counted so that it
-   holds for new defects and not only on the evidence (recall_rule.py). "Keeps the
-   target recall" below means the same count.
+2. The heatmap threshold is the largest that keeps the target recall on the evidence.
 3. Fusion (fusion.py): where a logistic fit of both scores beats the better single score
    in grouped cross-validation, images sent to the heatmap are decided on the fused
    score, against its own threshold for the target recall, unless at that threshold it
@@ -18,7 +16,9 @@ gate band is fitted on val alone, where one defect of ten decides.
 4. The gate band [gate_low, gate_high) is fitted on the evidence images with gate scores.
    Every candidate keeps the target recall; the FPR bound is the heatmap-alone FPR plus
    ``max_extra_fpr``, the call budget ``max_call_rate``. Among the bands that meet the
-   FPR bound, those within the budget come first, then:
+   FPR bound, those that keep the recall on val alone as well come first (the served gate
+   scored val itself, train_mix only through the out-of-fold gates; an asset check asks
+   for the target on val), then those within the budget, then:
    - a gate at least as good as the heatmap stage (AUROC on the evidence, against the
      score the heatmap stage decides on): the fewest heatmap calls, then the fewest
      false positives;
@@ -49,8 +49,7 @@ import numpy as np
 from cpst_pipeline.cascade.fusion import FusionConfig, decide_fusion
 from cpst_pipeline.cascade.policy import DomainCalibration
 from cpst_pipeline.evaluation.intervals import trials_needed, wilson_interval
-from cpst_pipeline.cascade.recall_rule import defects_to_flag, threshold_for_new_defects
-from cpst_pipeline.evaluation.metrics import auroc
+from cpst_pipeline.evaluation.metrics import auroc, threshold_for_recall
 
 
 @dataclass(frozen=True)
@@ -136,9 +135,13 @@ def choose_gate_band(
     max_fpr: float,
     max_call_rate: float = 1.0,
     gate_is_weaker: bool = False,
+    served_gate_rows: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(gate_low, gate_high) by the rules of the module doc; ``gate_is_weaker``: the gate ranks
     worse than the heatmap stage. ``heatmap_flags``: the heatmap stage's decision per image.
+    ``served_gate_rows``: the images the served gate itself scored (val; the others have
+    out-of-fold scores): among the bands that meet the FPR bound, those that keep the recall
+    on these images as well come first.
 
     Returns (-inf, inf), the heatmap on every image, when no band keeps the recall or when
     there are no normal images to measure false positives on.
@@ -147,29 +150,36 @@ def choose_gate_band(
         return -math.inf, math.inf
     order = np.argsort(gate_scores, kind="stable")
     g, y, h = gate_scores[order], labels[order].astype(int), heatmap_flags[order].astype(int)
-    n_pos, n_neg = y.sum(), (1 - y).sum()
+    n_neg = (1 - y).sum()
     cum = lambda values: np.concatenate([[0], np.cumsum(values)])  # noqa: E731
-    pos, neg, pos_h, neg_h = cum(y), cum(1 - y), cum(y * h), cum((1 - y) * h)
+    neg, neg_h = cum(1 - y), cum((1 - y) * h)
     cuts = _boundaries(g)
     low, high = np.meshgrid(cuts, cuts, indexing="ij")
-    true_pos = (pos[-1] - pos[high]) + (pos_h[high] - pos_h[low])
+
+    def keeps_recall_on(rows: np.ndarray) -> np.ndarray:
+        pos, pos_h = cum(y * rows), cum(y * h * rows)
+        true_pos = (pos[-1] - pos[high]) + (pos_h[high] - pos_h[low])
+        return true_pos / max(pos[-1], 1) >= target_recall - 1e-12
+
     false_pos = (neg[-1] - neg[high]) + (neg_h[high] - neg_h[low])
     calls = high - low
-    keeps_recall = (low <= high) & (true_pos >= defects_to_flag(int(n_pos), target_recall))
-    in_budget = keeps_recall & (calls <= max_call_rate * len(g) + 1e-9)
-    meets_fpr = keeps_recall & (false_pos / max(n_neg, 1) <= max_fpr + 1e-12)
+    keeps_recall = (low <= high) & keeps_recall_on(np.ones_like(y))
+    on_served = keeps_recall if served_gate_rows is None else keeps_recall & keeps_recall_on(np.asarray(served_gate_rows)[order].astype(int))
+    in_budget = calls <= max_call_rate * len(g) + 1e-9
+    meets_fpr = false_pos / max(n_neg, 1) <= max_fpr + 1e-12
     # np.lexsort sorts by its last key first.
     fewest_false_positives = (calls, false_pos)
     preferred = (false_pos, -calls) if gate_is_weaker else (false_pos, calls)
-    if (in_budget & meets_fpr).any():
-        choice, keys = in_budget & meets_fpr, preferred
-    elif meets_fpr.any():
-        choice, keys = meets_fpr, preferred
-    elif in_budget.any():
-        choice, keys = in_budget, fewest_false_positives
-    elif keeps_recall.any():
-        choice, keys = keeps_recall, fewest_false_positives
-    else:
+    tiers = (
+        (on_served & meets_fpr & in_budget, preferred),
+        (on_served & meets_fpr, preferred),
+        (keeps_recall & meets_fpr & in_budget, preferred),
+        (keeps_recall & meets_fpr, preferred),
+        (keeps_recall & in_budget, fewest_false_positives),
+        (keeps_recall, fewest_false_positives),
+    )
+    choice, keys = next(((c, k) for c, k in tiers if c.any()), (None, None))
+    if choice is None:
         return -math.inf, math.inf
     best = np.lexsort(tuple(np.where(choice, k, np.iinfo(np.int64).max).ravel() for k in keys))[0]
     i, j = np.unravel_index(best, calls.shape)
@@ -188,7 +198,7 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         calibration.heatmap_threshold = float(np.quantile(normalised, 0.99))
         calibration.notes.append("no anomalies to calibrate on: heatmap threshold is the 99th percentile of normal scores")
     else:
-        calibration.heatmap_threshold = threshold_for_new_defects(rows.labels, normalised, config.target_recall)
+        calibration.heatmap_threshold = threshold_for_recall(rows.labels, normalised, config.target_recall)
     banded = rows.has_gate
     labels, gate, heatmap = rows.labels[banded], rows.gate[banded], normalised[banded]
     normal = labels == 0
@@ -200,7 +210,7 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         figures["fusion"] = decision.summary()
         if decision.use:
             fused = decision.model.score(gate, heatmap)
-            fused_threshold = threshold_for_new_defects(labels, fused, config.target_recall)
+            fused_threshold = threshold_for_recall(labels, fused, config.target_recall)
             fused_fpr = float((fused[normal] >= fused_threshold).mean())
             if fused_fpr <= max_fpr + 1e-12:
                 calibration.fusion, calibration.fused_threshold = decision.model, fused_threshold
@@ -220,7 +230,7 @@ def calibrate_on_evidence(domain: str, evidence: CalibrationEvidence, config: Ca
         figures |= {"gate_auroc": gate_auroc, "heatmap_stage_auroc": stage_auroc}
         gate_is_weaker = config.weak_gate_routing and gate_auroc < stage_auroc
         calibration.gate_low, calibration.gate_high = choose_gate_band(
-            labels, gate, margin >= 0, config.target_recall, max_fpr, config.max_call_rate, gate_is_weaker
+            labels, gate, margin >= 0, config.target_recall, max_fpr, config.max_call_rate, gate_is_weaker, rows.is_val[banded]
         )
         _note_broken_bounds(calibration, _summary(calibration, labels, gate, heatmap), heatmap_fpr, max_fpr, config)
         if gate_is_weaker:
@@ -315,7 +325,7 @@ def _calibrate_gate_only(domain: str, rows: _Rows, config: CalibrationConfig) ->
         threshold = math.inf
         notes.append("no anomalies to calibrate on either: every image is passed as normal")
     else:
-        threshold = threshold_for_new_defects(labels, gate, config.target_recall)
+        threshold = threshold_for_recall(labels, gate, config.target_recall)
     if (labels == 0).sum() == 0:
         notes.append("no normal calibration images: false-positive rate cannot be measured here")
     calibration = DomainCalibration(domain, False, threshold, threshold, notes=notes)
