@@ -15,6 +15,7 @@ from PIL import Image
 from cpst_pipeline.cascade.model import CascadeModel
 from cpst_pipeline.cascade.serving import OUTPUT_COLUMNS, PATH_REFUSED, PATHS_DISABLED, SCORING_FAILED, ServingConfig, predict_rows
 from cpst_pipeline.data.images import load_image
+from cpst_pipeline.pipeline.domain_models import raw_heatmap_scores
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -143,3 +144,17 @@ def test_a_failing_batch_is_scored_image_by_image(model, images, monkeypatch) ->
     out = strict_json(predict_rows(model, rows, None, ServingConfig()))
     assert out[1]["error"] == SCORING_FAILED
     assert out[0] == expected[0] and out[2] == expected[2]
+
+
+def test_served_heatmap_scores_equal_the_scores_the_calibration_used(model, tiny_pipeline) -> None:
+    """The server rounds patch features to float16 as the feature store does, so an image's served
+    score is the one its threshold was fitted on, not one a rounding step away (which flipped a
+    demo val decision before)."""
+    run = tiny_pipeline["run"]
+    for domain in run.domains:
+        images, bank, calibration = (run.value(asset, domain) for asset in ("embeddings", "memory_bank", "calibration"))
+        val = images.in_splits("val_mix")
+        expected = calibration.normalise(raw_heatmap_scores(bank, images, val, run.config))
+        pictures = [load_image(p) for p in val["path"]]
+        served = [p.heatmap_score for p in model.predict_batch(pictures, [domain] * len(pictures), force_heatmap=True)]
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5)

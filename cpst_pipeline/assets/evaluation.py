@@ -73,7 +73,7 @@ def cascade(
 
 @cross_domain_asset(
     automation_condition=rebuild_when_cascade_changes(),
-    code_version="2",
+    code_version="3",
     description="Cascade vs always-heatmap on test_mix: metrics, latency, plots, HTML + JSON report; logged to MLflow.",
 )
 def evaluation_report(

@@ -80,7 +80,7 @@ def heatmap_features(extractor: FeatureExtractor, images: list[np.ndarray], inpu
     (tiles, h, w, D) when the domain is tiled (``extract_tiled_features``, image by image)."""
     if inputs.tiling is not None:
         return [extract_tiled_features(extractor, image, inputs.tiling).patches for image in images]
-    return list(extractor.patch_features(extractor.batch(images, inputs.heatmap_size)).cpu().numpy())
+    return list(extractor.stored_patch_features(extractor.batch(images, inputs.heatmap_size)))
 
 
 def embed_domain(
@@ -121,8 +121,7 @@ def embed_domain(
                 continue
             tensor = extractor.batch([resized[i] for i in need], size)
             if is_patch:
-                # float16 halves disk and memory; nearest-neighbour distances barely move.
-                values = extractor.patch_features(tensor).cpu().numpy().astype(np.float16)
+                values = extractor.stored_patch_features(tensor)
             else:
                 values = extractor.image_embedding(tensor).cpu().numpy().astype(np.float32)
             store.append(kind, {batch_hashes[i]: values[j] for j, i in enumerate(need)})

@@ -112,13 +112,13 @@ def cut_tiles(image: np.ndarray, tiles: TileGrid) -> list[np.ndarray]:
 
 
 def extract_tiled_features(extractor: FeatureExtractor, image: np.ndarray, config: TilingConfig, batch_size: int = 16) -> TiledFeatures:
-    """Patch features of every tile of one (H, W) or (H, W, 3) uint8 image, as float16 (as the
-    feature store keeps them: nearest-neighbour distances barely move). Tiles go through the
-    backbone ``batch_size`` at a time, so an unusually large image costs time, not memory."""
+    """Patch features of every tile of one (H, W) or (H, W, 3) uint8 image, as the feature store
+    keeps them (``stored_patch_features``). Tiles go through the backbone ``batch_size`` at a
+    time, so an unusually large image costs time, not memory."""
     scaled = resize_image(image, tiled_image_size(image.shape[0], image.shape[1], config))
     tiles = tile_grid(scaled.shape[:2], config)
     cut, size = cut_tiles(scaled, tiles), (config.tile_size, config.tile_size)
     patches = np.concatenate(
-        [extractor.patch_features(extractor.batch(cut[i : i + batch_size], size)).cpu().numpy().astype(np.float16) for i in range(0, len(cut), batch_size)]
+        [extractor.stored_patch_features(extractor.batch(cut[i : i + batch_size], size)) for i in range(0, len(cut), batch_size)]
     )
     return TiledFeatures(tiles=tiles, patches=patches)
