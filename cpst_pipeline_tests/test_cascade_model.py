@@ -166,7 +166,7 @@ def test_heatmap_domain_prediction_matches_its_parts(cascade: dict) -> None:
         gate_embedding = extractor.image_embedding(extractor.batch([image], cascade["inputs"][domain].gate_size))
         expected_gate = float(cascade["gate"].predict_proba(gate_embedding, [domain])[0])
         assert prediction.gate_score == pytest.approx(expected_gate, abs=1e-5)
-        patches = extractor.patch_features(extractor.batch([image], cascade["inputs"][domain].heatmap_size))[0].numpy()
+        patches = extractor.stored_patch_features(extractor.batch([image], cascade["inputs"][domain].heatmap_size))[0]
         scores = score_patches(bank, patches, scoring)
         expected_score = (scores.image_score - calibration.score_center) / calibration.score_scale
         assert prediction.heatmap_score == pytest.approx(expected_score, rel=1e-4, abs=1e-4)

@@ -55,7 +55,7 @@ class FeatureExtractor:
         """``patch_features`` as numpy float16, the precision the feature store keeps (half the
         disk and memory; nearest-neighbour distances barely move). The bank, the calibration, the
         resolution trial and the server all score patches at this precision, so they agree."""
-        return self.patch_features(batch).cpu().numpy().astype(np.float16)
+        return self.patch_features(batch).half().cpu().numpy()
 
     def image_embedding(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 2D): mean and max of the patch features; the max keeps small defects visible."""
