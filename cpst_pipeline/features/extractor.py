@@ -50,13 +50,13 @@ class FeatureExtractor:
             aggregated.append(pooled)
         return torch.cat(aggregated, dim=1).permute(0, 2, 3, 1).float()
 
-    @torch.inference_mode()
     def stored_patch_features(self, batch: torch.Tensor) -> np.ndarray:
         """``patch_features`` as numpy float16, the precision the feature store keeps (half the
         disk and memory; nearest-neighbour distances barely move). The bank, the calibration, the
         resolution trial and the server all score patches at this precision, so they agree."""
         return self.patch_features(batch).half().cpu().numpy()
 
+    @torch.inference_mode()
     def image_embedding(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 2D): mean and max of the patch features; the max keeps small defects visible."""
         patches = self.patch_features(batch).flatten(1, 2)
