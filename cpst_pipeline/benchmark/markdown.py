@@ -23,9 +23,9 @@ def replace_section(path: Path, name: str, body: str, inside: str | None = None)
     """Replace the ``name`` block of ``path``; where there is none, add it at the end of the
     ``inside`` block (a section of several blocks) or, without one, of the file."""
     text = path.read_text() if path.exists() else HEADER
-    new = block(name, body)
-    if _pattern(name).search(text):
-        text = _pattern(name).sub(lambda _: new, text)
+    new, pattern = block(name, body), _pattern(name)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: new, text)
     elif inside is not None and (end := f"<!-- {inside}:end -->") in text:
         text = text.replace(end, f"\n{new}\n{end}", 1)
     else:
