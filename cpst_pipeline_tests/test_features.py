@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -213,18 +212,7 @@ def test_local_checkpoint_nested_state_dict_and_missing_file(tmp_path: Path, ran
 
 def test_bundled_weights_only_for_lite0() -> None:
     with pytest.raises(ValueError, match="bundled weights exist only for tf_efficientnet_lite0, tf_efficientnet_lite1, tf_efficientnet_lite2"):
-        create_feature_network(BackboneConfig(model_name="resnet18", weights="bundled", feature_layers=(1, 2), gate_layers=(1, 2)))
-
-
-def test_gate_layers_must_be_feature_layers() -> None:
-    with pytest.raises(ValueError, match=r"gate_layers \(2, 3\) must be among feature_layers \(1, 2\)"):
-        BackboneConfig(feature_layers=(1, 2))
-
-
-def test_backbone_spec_round_trips_and_reads_specs_without_gate_layers() -> None:
-    assert BackboneConfig.from_json(json.loads(json.dumps(asdict(BackboneConfig())))) == BackboneConfig()
-    old = {"model_name": BUNDLED_WEIGHTS_MODEL, "weights": "bundled", "feature_layers": [2, 3]}
-    assert BackboneConfig.from_json(old) == BackboneConfig(feature_layers=(2, 3), gate_layers=(2, 3))
+        create_feature_network(BackboneConfig(model_name="resnet18", weights="bundled", feature_layers=(1, 2)))
 
 
 def test_backbone_key_changes_with_every_field() -> None:
@@ -235,9 +223,8 @@ def test_backbone_key_changes_with_every_field() -> None:
         replace(base, model_name="resnet18"),
         replace(base, weights="hub"),
         replace(base, weights="/some/checkpoint.pth"),
-        replace(base, feature_layers=(1, 2), gate_layers=(1, 2)),
-        replace(base, feature_layers=(2, 3)),
-        replace(base, gate_layers=(2, 3, 4)),
+        replace(base, feature_layers=(1, 2)),
+        replace(base, feature_layers=(2, 3, 4)),
     ]
     keys = {base.key(), *(v.key() for v in variants)}
     assert len(keys) == len(variants) + 1
@@ -251,17 +238,13 @@ def test_patch_features_and_embedding_shapes(extractor: FeatureExtractor) -> Non
     images = [rng.integers(0, 256, (64, 128, 3), dtype=np.uint8) for _ in range(2)]
     batch = extractor.batch(images, (64, 128))
     patches = extractor.patch_features(batch)
-    assert extractor.feature_dim == 40 + 112 + 320  # stages 2, 3 and 4
-    assert patches.shape == (2, 64 // 8, 128 // 8, 472) and patches.dtype == torch.float32
+    assert extractor.feature_dim == 152
+    assert patches.shape == (2, 64 // 8, 128 // 8, 152) and patches.dtype == torch.float32
     embedding = extractor.image_embedding(batch)
-    assert embedding.shape == (2, 304)  # the gate reads stages 2 and 3 only
-    flat = patches[..., :152].flatten(1, 2)
+    assert embedding.shape == (2, 304)
+    flat = patches.flatten(1, 2)
     assert torch.allclose(embedding[:, :152], flat.mean(dim=1), atol=1e-5)
     assert torch.allclose(embedding[:, 152:], flat.amax(dim=1), atol=1e-5)
-    # the same as a network that stops at stage 3: the gate is untouched by stage 4
-    shallow = FeatureExtractor(replace(extractor.config, feature_layers=(2, 3)))
-    assert torch.allclose(shallow.patch_features(batch), patches[..., :152], atol=1e-5)
-    assert torch.allclose(shallow.image_embedding(batch), embedding, atol=1e-5)
     # different images give different features
     assert not torch.allclose(embedding[0], embedding[1])
 
@@ -375,7 +358,7 @@ def test_embed_domain_computes_only_missing_images(tiny_demo: Path, tmp_path: Pa
     stored_embedding = store.load(gate_k, [digest])[digest]
     stored_patches = store.load(patch_k, [digest])[digest]
     assert stored_embedding.dtype == np.float32 and stored_embedding.shape == (304,)
-    assert stored_patches.dtype == np.float16 and stored_patches.shape == (8, 8, 472)
+    assert stored_patches.dtype == np.float16 and stored_patches.shape == (8, 8, 152)
     expected = extractor.image_embedding(extractor.batch([image], inputs.gate_size))[0].numpy()
     np.testing.assert_allclose(stored_embedding, expected, atol=1e-4)
 

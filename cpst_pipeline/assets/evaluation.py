@@ -54,7 +54,7 @@ def domain_router(settings: CpstSettings, embeddings: dict[str, DomainImages]) -
 
 
 @cross_domain_asset(
-    code_version="2",
+    code_version="1",
     description="Every domain's gate, bank and calibration plus the router, as one deployable cascade.",
 )
 def cascade(

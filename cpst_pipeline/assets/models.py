@@ -37,9 +37,8 @@ def gate_model(context: AssetExecutionContext, settings: CpstSettings, embedding
 
 @domain_asset(
     group_name="models",
-    code_version="3",
-    description="The domain's greedy-coreset PatchCore bank (patch features projected onto their 152 leading principal components) + faiss index "
-    "(IVF lists per patch chosen on val); none for a domain without normal images.",
+    code_version="2",
+    description="The domain's greedy-coreset PatchCore bank + faiss index (IVF lists per patch chosen on val); none for a domain without normal images.",
 )
 def memory_bank(context: AssetExecutionContext, settings: CpstSettings, embeddings: DomainImages) -> Output[MemoryBank | None]:
     bank = fit_domain_bank(embeddings, settings.pipeline_config(), log=context.log.info)

@@ -34,13 +34,10 @@ from cpst_pipeline.patchcore.image_scores import score_image
 from cpst_pipeline.patchcore.scoring import ScoringConfig
 
 # Bumped whenever the directory layout changes (4: one gate per domain; 5: a domain may be
-# tiled; 6: a bank may project patch features). Each cascade is written at the lowest format
-# that holds it, so older code reads what it can score and refuses the rest instead of
-# misreading it (a tiled image as a resized one, unprojected patches against a projected bank).
-CASCADE_FORMAT = 6
-TILED_CASCADE_FORMAT = 5
+# tiled). An untiled cascade is still written as 4, so code that predates tiles reads it, and
+# refuses a tiled one instead of scoring it as a resized image.
+CASCADE_FORMAT = 5
 UNTILED_CASCADE_FORMAT = 4
-READABLE_FORMATS = (UNTILED_CASCADE_FORMAT, TILED_CASCADE_FORMAT, CASCADE_FORMAT)
 UNKNOWN_DOMAIN_REASON = "looks like none of the known domains"
 # Images per backbone pass when predicting a batch: bounds memory for large requests.
 BACKBONE_BATCH = 16
@@ -73,12 +70,6 @@ class CascadeArtifacts:
     router: DomainRouter
 
 
-def cascade_format(artifacts: CascadeArtifacts) -> int:
-    if any(bank.projection is not None for bank in artifacts.banks.values()):
-        return CASCADE_FORMAT
-    return TILED_CASCADE_FORMAT if any(i.tiling for i in artifacts.inputs.values()) else UNTILED_CASCADE_FORMAT
-
-
 def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
     """Write the cascade directory (layout in the module doc) into an empty or new ``directory``."""
     directory = Path(directory)
@@ -93,7 +84,7 @@ def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
         if inputs.tiling is not None:
             domains[domain]["tiling"] = asdict(inputs.tiling)
     spec = {
-        "format": cascade_format(artifacts),
+        "format": CASCADE_FORMAT if any(i.tiling for i in artifacts.inputs.values()) else UNTILED_CASCADE_FORMAT,
         "backbone": asdict(artifacts.backbone),
         "resolution": asdict(artifacts.resolution),
         "scoring": asdict(artifacts.scoring),
@@ -106,11 +97,11 @@ def save_cascade(artifacts: CascadeArtifacts, directory: Path) -> Path:
 def load_cascade(directory: Path) -> CascadeArtifacts:
     directory = Path(directory)
     spec = json.loads((directory / "cascade.json").read_text())
-    if spec.get("format") not in READABLE_FORMATS:
+    if spec.get("format") not in (UNTILED_CASCADE_FORMAT, CASCADE_FORMAT):
         raise ValueError(f"{directory} holds cascade format {spec.get('format')}, this code reads {CASCADE_FORMAT}; re-materialize the cascade")
     subfolders = lambda name: sorted(p for p in (directory / name).iterdir()) if (directory / name).exists() else []  # noqa: E731
     return CascadeArtifacts(
-        backbone=BackboneConfig.from_json(spec["backbone"]),
+        backbone=BackboneConfig(**{**spec["backbone"], "feature_layers": tuple(spec["backbone"]["feature_layers"])}),
         resolution=ResolutionConfig(**spec["resolution"]),
         scoring=ScoringConfig(**spec["scoring"]),
         inputs={d: domain_inputs_from_json(s) for d, s in spec["domains"].items()},

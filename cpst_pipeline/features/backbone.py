@@ -34,24 +34,8 @@ class BackboneConfig:
 
     model_name: str = BUNDLED_WEIGHTS_MODEL
     weights: str = "bundled"
-    # The heatmap's patch features: two mid-level stages, fine enough for small defects and
-    # semantic enough to ignore noise, plus the deepest stage, which raised val image AUROC on
-    # both shared datasets (BENCHMARKS.md); banks project the result back to 152 dimensions.
-    feature_layers: tuple[int, ...] = (2, 3, 4)
-    # The stages the gate's image embedding reads, a subset of ``feature_layers``: with stage 4
-    # the gate ranked worse on Kolektor's val (AUROC 0.899 against 0.919, three seeds).
-    gate_layers: tuple[int, ...] = (2, 3)
-
-    def __post_init__(self):
-        if not set(self.gate_layers) <= set(self.feature_layers):
-            raise ValueError(f"gate_layers {self.gate_layers} must be among feature_layers {self.feature_layers}")
-
-    @classmethod
-    def from_json(cls, values: dict) -> BackboneConfig:
-        """The inverse of ``asdict`` through JSON (lists back to tuples); a spec written before
-        ``gate_layers`` existed read its gate from all of its ``feature_layers``."""
-        layers = tuple(values["feature_layers"])
-        return cls(**{**values, "feature_layers": layers, "gate_layers": tuple(values.get("gate_layers", layers))})
+    # Two mid-level stages: fine enough for small defects, semantic enough to ignore noise.
+    feature_layers: tuple[int, ...] = (2, 3)
 
     def key(self) -> str:
         payload = json.dumps(asdict(self), sort_keys=True).encode()

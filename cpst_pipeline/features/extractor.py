@@ -25,13 +25,7 @@ class FeatureExtractor:
         self.device = resolve_device(device)
         self.network = create_feature_network(config).to(self.device, memory_format=torch.channels_last)
         self.mean, self.std = normalisation(self.network)
-        channels = self.network.feature_info.channels()
-        self.feature_dim = sum(channels)
-        # Where each gate stage's channels sit among the concatenated patch features.
-        offsets = np.cumsum([0, *channels])
-        self.gate_channels = torch.cat([
-            torch.arange(offsets[i], offsets[i + 1]) for i, layer in enumerate(config.feature_layers) if layer in config.gate_layers
-        ])
+        self.feature_dim = sum(self.network.feature_info.channels())
 
     def batch(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """(H, W) grey or (H, W, 3) RGB uint8 images -> one input tensor; grey is resized while it is
@@ -64,6 +58,6 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def image_embedding(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 2G): mean and max of the gate stages' patch features; the max keeps small defects visible."""
-        patches = self.patch_features(batch)[..., self.gate_channels.to(batch.device)].flatten(1, 2)
+        """(B, 2D): mean and max of the patch features; the max keeps small defects visible."""
+        patches = self.patch_features(batch).flatten(1, 2)
         return torch.cat([patches.mean(dim=1), patches.amax(dim=1)], dim=1)

@@ -14,7 +14,6 @@ import torch
 
 from cpst_pipeline.io_utils import atomic_path, write_json_atomic
 from cpst_pipeline.patchcore.position_stats import PositionStats
-from cpst_pipeline.patchcore.projection import PatchProjection
 from cpst_pipeline.patchcore.sampler import coreset_size, greedy_coreset
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
@@ -43,9 +42,6 @@ class BankConfig:
     folds: int = 2
     # Held-out images scored for the position statistics (an even sample beyond this many).
     stats_images: int = 512
-    # Patch features wider than this are projected onto this many principal components of the
-    # bank's normal patches before anything else (patchcore.projection); None keeps them whole.
-    projection_dim: int | None = 152
     seed: int = 0
 
 
@@ -55,15 +51,10 @@ class MemoryBank:
     index: faiss.Index
     meta: dict = field(default_factory=dict)
     position_stats: PositionStats | None = None
-    projection: PatchProjection | None = None  # applied to every query's patches first
 
     @property
     def is_exact(self) -> bool:
         return isinstance(self.index, faiss.IndexFlat)
-
-    def project(self, patches: np.ndarray) -> np.ndarray:
-        """(..., D) patch features as the extractor gives them -> the bank's (..., d) float32 space."""
-        return self.projection(patches) if self.projection is not None else patches.astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Euclidean distances and bank indices of the ``k`` nearest coreset patches (per the index)."""
@@ -156,15 +147,11 @@ def select_coreset(patches: np.ndarray, n_select: int, seed: int = 0) -> np.ndar
     return np.ascontiguousarray(patches[selected], dtype=np.float32)
 
 
-def index_memory_bank(
-    coreset: np.ndarray, config: BankConfig, info: dict, position_stats: PositionStats | None = None, projection: PatchProjection | None = None
-) -> MemoryBank:
+def index_memory_bank(coreset: np.ndarray, config: BankConfig, info: dict, position_stats: PositionStats | None = None) -> MemoryBank:
     """Put ``coreset`` behind the configured faiss index; ``info`` gains the bank's sizes."""
     index = build_faiss_index(coreset, config.index_type, config.seed, config.ivf_nprobe)
     meta = dict(info, config=asdict(config), coreset_patches=int(len(coreset)), feature_dim=int(coreset.shape[1]))
-    if projection is not None:
-        meta["projected_from_dim"] = int(len(projection.mean))
-    return MemoryBank(coreset, index, meta, position_stats, projection)
+    return MemoryBank(coreset, index, meta, position_stats)
 
 
 def build_memory_bank(patches: np.ndarray, config: BankConfig, meta: dict | None = None) -> MemoryBank:
@@ -183,16 +170,12 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 
 def save_memory_bank(bank: MemoryBank, directory: Path) -> Path:
-    """coreset.npy + index.faiss + bank.json (+ position_mean/std.npy, projection_mean/components.npy);
-    each file replaced atomically."""
+    """coreset.npy + index.faiss + bank.json (+ position_mean/std.npy); each file replaced atomically."""
     directory = Path(directory)
     _save_array(directory / "coreset.npy", bank.features)
     if bank.position_stats is not None:
         _save_array(directory / "position_mean.npy", bank.position_stats.mean)
         _save_array(directory / "position_std.npy", bank.position_stats.std)
-    if bank.projection is not None:
-        _save_array(directory / "projection_mean.npy", bank.projection.mean)
-        _save_array(directory / "projection_components.npy", bank.projection.components)
     with atomic_path(directory / "index.faiss") as tmp:
         faiss.write_index(bank.index, str(tmp))
     write_json_atomic(directory / "bank.json", bank.meta)
@@ -212,10 +195,4 @@ def load_memory_bank(directory: Path) -> MemoryBank:
         if mean.shape != std.shape:
             raise ValueError(f"bank {directory} is inconsistent: position mean {mean.shape}, std {std.shape}")
         stats = PositionStats(mean, std)
-    projection = None
-    if (directory / "projection_mean.npy").exists():
-        mean, components = (np.load(directory / f"projection_{name}.npy", allow_pickle=False) for name in ("mean", "components"))
-        if components.shape != (len(mean), features.shape[1]):
-            raise ValueError(f"bank {directory} is inconsistent: projection {components.shape} for {len(mean)} -> {features.shape[1]} features")
-        projection = PatchProjection(mean, components)
-    return MemoryBank(features, index, meta, stats, projection)
+    return MemoryBank(features, index, meta, stats)

@@ -77,9 +77,9 @@ def refine_worst_patches(bank: MemoryBank, queries: np.ndarray, distances: np.nd
 
 
 def score_patches(bank: MemoryBank, patches: np.ndarray, config: ScoringConfig) -> PatchScores:
-    """``patches`` (h, w, D) of one image, as the extractor gives them -> per-patch distances and the image score."""
+    """``patches`` (h, w, D) of one image -> per-patch distances and the image score."""
     height, width, dim = patches.shape
-    flat = np.ascontiguousarray(bank.project(patches.reshape(-1, dim)))
+    flat = np.ascontiguousarray(patches.reshape(-1, dim), dtype=np.float32)
     if config.search == "bfloat16":
         distances, nearest = bank.search_bfloat16(flat)
     elif config.search == "index":

@@ -12,7 +12,7 @@ search, measured on the same images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -63,7 +63,7 @@ def choose_probes(
         return None  # only an IVF index searched as such has lists to count
     index = bank.index
     configured = index.nprobe
-    exact_bank = replace(bank, index=faiss.IndexFlatL2(bank.features.shape[1]))
+    exact_bank = MemoryBank(bank.features, faiss.IndexFlatL2(bank.features.shape[1]), bank.meta, bank.position_stats)
     exact_bank.index.add(bank.features)
     exact = score_val_images(exact_bank, images, scoring, input_size).pixel_auroc
     figures: dict[str, float | None] = {"exact": exact}

@@ -24,7 +24,6 @@ from cpst_pipeline.patchcore.bank import (
     select_coreset,
 )
 from cpst_pipeline.patchcore.position_stats import PositionStats, fit_position_stats
-from cpst_pipeline.patchcore.projection import PatchProjection, fit_patch_projection
 
 
 def assign_folds(groups: Sequence[str], folds: int) -> np.ndarray:
@@ -50,11 +49,6 @@ def _held_out_stats(grids: list[np.ndarray], fold_ids: np.ndarray, coresets: lis
     return fit_position_stats(np.stack(held_out))
 
 
-def _fit_projection(grids: list[np.ndarray], config: BankConfig) -> PatchProjection | None:
-    dim = config.projection_dim
-    return fit_patch_projection(grids, dim, config.seed) if dim is not None and grids[0].shape[-1] > dim else None
-
-
 def fit_memory_bank(grids: list[np.ndarray], groups: Sequence[str], config: BankConfig, meta: dict | None = None) -> MemoryBank:
     """``grids``: one (h, w, D) patch-feature array per normal image, all the same shape;
     ``groups``: each image's group (images of one part or one source must share a fold)."""
@@ -66,10 +60,6 @@ def fit_memory_bank(grids: list[np.ndarray], groups: Sequence[str], config: Bank
     if len(shapes) != 1:
         raise ValueError(f"all images of a bank need the same patch grid, got {sorted(shapes)}")
     started = time.perf_counter()
-    projection = _fit_projection(grids, config)
-    if projection is not None:
-        # float16 as the feature store keeps patches: the same memory per image as unprojected ones.
-        grids = [projection(g).astype(np.float16) for g in grids]
     fold_ids = assign_folds(groups, config.folds)
     n_folds = int(fold_ids.max()) + 1
     dim = grids[0].shape[-1]
@@ -81,6 +71,6 @@ def fit_memory_bank(grids: list[np.ndarray], groups: Sequence[str], config: Bank
     # With one group there is nothing held out, so no statistics: raw distances are used.
     stats = _held_out_stats(grids, fold_ids, coresets, config.stats_images) if n_folds > 1 else None
     info = dict(meta or {}, source_patches=int(sum(g.shape[0] * g.shape[1] for g in grids)), folds=n_folds, position_stats=stats is not None)
-    bank = index_memory_bank(np.concatenate(coresets), config, info, stats, projection)
+    bank = index_memory_bank(np.concatenate(coresets), config, info, stats)
     bank.meta["build_seconds"] = round(time.perf_counter() - started, 3)
     return bank

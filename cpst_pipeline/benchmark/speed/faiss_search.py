@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pandas as pd
 
@@ -30,7 +28,7 @@ def faiss_rows(section: Section, model: CascadeModel, test: pd.DataFrame, n_imag
     grids = [
         model.extractor.patch_features(model.extractor.batch([load_image(p)], size))[0].cpu().numpy() for p in paths
     ]
-    queries = source.project(np.concatenate([g.reshape(-1, g.shape[-1]) for g in grids]))
+    queries = np.concatenate([g.reshape(-1, bank.shape[1]) for g in grids]).astype(np.float32)
     ivf = {f"ivf nprobe {n}": n for n in IVF_NPROBES}
     kinds = {"flat": "flat", "hnsw": "hnsw", **{name: "ivf" for name in ivf}}
     results, built, exact_ids, exact_d = {}, {}, None, None
@@ -80,7 +78,7 @@ def refined_scoring_rows(section: Section, source: MemoryBank, indexes: dict, gr
     exactly) against its "flat" entry."""
     timed = {}
     for name, index in indexes.items():
-        bank = replace(source, index=index)
+        bank = MemoryBank(source.features, index, source.meta, source.position_stats)
         score_patches(bank, grids[0], scoring)  # warm-up
         with stopwatch() as t:
             scores = [score_patches(bank, grid, scoring) for grid in grids]
