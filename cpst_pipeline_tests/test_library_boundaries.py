@@ -16,6 +16,7 @@ DAGSTER_LAYER = (
     # The benchmarks that run the asset definitions themselves.
     "cpst_pipeline.benchmark.__main__",
     "cpst_pipeline.benchmark.calibration_evidence",
+    "cpst_pipeline.benchmark.image_score",
     "cpst_pipeline.benchmark.pipeline_run",
     "cpst_pipeline.benchmark.serving",
     "cpst_pipeline.benchmark.speed.__main__",

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
-from cpst_pipeline.benchmark.pipeline_run import PipelineRun, load_pipeline, run_pipeline
+from cpst_pipeline.benchmark.pipeline_run import PipelineRun, add_asset_run_arguments, asset_run, asset_run_source
 from cpst_pipeline.cascade.calibration import CalibrationConfig, CalibrationEvidence, ScoredImages, calibrate_domain, calibrate_on_evidence
 from cpst_pipeline.cascade.fusion import FusionModel, fit_fusion
 from cpst_pipeline.cascade.policy import DomainCalibration
@@ -43,7 +43,6 @@ from cpst_pipeline.evaluation.metrics import auroc
 from cpst_pipeline.io_utils import atomic_path
 from cpst_pipeline.pipeline.dataset import anomaly_labels
 from cpst_pipeline.pipeline.domain_models import gate_scores, out_of_fold_gate_scores, raw_heatmap_scores
-from cpst_pipeline.resources import CpstSettings
 
 
 @dataclass(frozen=True)
@@ -225,23 +224,14 @@ def markdown(measurements: list[DomainMeasurement], name: str, source: str, conf
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scores", type=Path, help="a scores table (parquet) saved by an earlier run; without it a pipeline run is read")
-    parser.add_argument("--data", default="", help="dataset roots as CPST_DATASET_ROOTS; empty: the built-in demo")
-    parser.add_argument("--work", type=Path, default=Path("data/calibration_evidence"), help="the pipeline's data folder")
-    parser.add_argument("--reuse", action="store_true", help="read the assets already materialized under --work (e.g. by the quality benchmark)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--section", default="", help="a name for the datasets: BENCHMARKS.md gets one section per name (empty: demo)")
-    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="where the section goes ('' for nowhere)")
+    add_asset_run_arguments(parser, work="data/calibration_evidence")
     args = parser.parse_args()
     run = None
     if args.scores is not None:
         table, source = pd.read_parquet(args.scores), f"`{args.scores}`"
     else:
-        settings = CpstSettings(
-            data_dir=str(args.work.resolve()), dataset_roots=str(Path(args.data).resolve()) if args.data else "", device=args.device
-        )
-        run = load_pipeline(settings) if args.reuse else run_pipeline(settings, evaluate=False)
-        table = pipeline_scores(run)
-        source = f"the pipeline's assets under `{args.work}` ({f'`{args.data}`' if args.data else 'the built-in demo'})"
+        run = asset_run(args)
+        table, source = pipeline_scores(run), asset_run_source(args)
         with atomic_path(args.work / "calibration_scores.parquet") as tmp:
             table.to_parquet(tmp, index=False)
     config = CalibrationConfig() if run is None else run.config.calibration

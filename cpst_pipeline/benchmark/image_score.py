@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
-from cpst_pipeline.benchmark.pipeline_run import PipelineRun, load_pipeline, run_pipeline
+from cpst_pipeline.benchmark.pipeline_run import PipelineRun, add_asset_run_arguments, asset_run, asset_run_source
 from cpst_pipeline.evaluation.metrics import auroc
 from cpst_pipeline.patchcore.image_scores import ImageScores, score_image
 from cpst_pipeline.pipeline.dataset import anomaly_labels
 from cpst_pipeline.pipeline.domain_images import patch_features
-from cpst_pipeline.resources import CpstSettings
 
 EVIDENCE_SPLITS = ("val_mix", "train_mix")
 
@@ -106,21 +104,14 @@ def markdown(results: list[RuleAuroc], defects: dict[str, dict[str, int]], name:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="", help="dataset roots as CPST_DATASET_ROOTS; empty: the built-in demo")
-    parser.add_argument("--work", type=Path, default=Path("data/image_score"), help="the pipeline's data folder")
-    parser.add_argument("--reuse", action="store_true", help="read the assets already materialized under --work (e.g. by the quality benchmark)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--section", default="", help="a name for the datasets: BENCHMARKS.md gets one section per name (empty: demo)")
-    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="where the section goes ('' for nowhere)")
+    add_asset_run_arguments(parser, work="data/image_score")
     args = parser.parse_args()
-    settings = CpstSettings(data_dir=str(args.work.resolve()), dataset_roots=str(Path(args.data).resolve()) if args.data else "", device=args.device)
-    run = load_pipeline(settings) if args.reuse else run_pipeline(settings, evaluate=False)
+    run = asset_run(args)
     results, defects = [], {}
     for domain in (d for d in run.domains if run.value("memory_bank", d) is not None):
         measured, defects[domain] = measure_domain(run, domain)
         results += measured
-    source = f"the pipeline's assets under `{args.work}` ({f'`{args.data}`' if args.data else 'the built-in demo'})"
-    text = markdown(results, defects, args.section or "demo", source)
+    text = markdown(results, defects, args.section or "demo", asset_run_source(args))
     print(text)
     if args.output.name:
         replace_section(args.output, f"image_score{'_' + args.section if args.section else ''}", text)

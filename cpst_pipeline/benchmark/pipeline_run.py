@@ -5,6 +5,7 @@ stored values read back. No copy of the graph lives here: what is measured is wh
 
 from __future__ import annotations
 
+import argparse
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,28 @@ def run_pipeline(settings: CpstSettings, instance: DagsterInstance | None = None
     defs = project_definitions(settings)
     cross_domain = UNREGISTERED if evaluate else UNREGISTERED[:-1]
     return PipelineRun(settings, instance, defs, Materialized.of(materialize_all(defs, instance, cross_domain=cross_domain)))
+
+
+def add_asset_run_arguments(parser: argparse.ArgumentParser, work: str) -> None:
+    """Options of a benchmark that reads the project's assets: the datasets, the data folder, whether
+    to reuse a run already there, and the BENCHMARKS.md section it writes."""
+    parser.add_argument("--data", default="", help="dataset roots as CPST_DATASET_ROOTS; empty: the built-in demo")
+    parser.add_argument("--work", type=Path, default=Path(work), help="the pipeline's data folder")
+    parser.add_argument("--reuse", action="store_true", help="read the assets already materialized under --work (e.g. by the quality benchmark)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--section", default="", help="a name for the datasets: BENCHMARKS.md gets one section per name (empty: demo)")
+    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"), help="where the section goes ('' for nowhere)")
+
+
+def asset_run(args: argparse.Namespace) -> PipelineRun:
+    """The run those options name: read as stored (``--reuse``), or materialized up to the cascade."""
+    settings = CpstSettings(data_dir=str(args.work.resolve()), dataset_roots=str(Path(args.data).resolve()) if args.data else "", device=args.device)
+    return load_pipeline(settings) if args.reuse else run_pipeline(settings, evaluate=False)
+
+
+def asset_run_source(args: argparse.Namespace) -> str:
+    """Where those options' figures come from, for a section's header."""
+    return f"the pipeline's assets under `{args.work}` ({f'`{args.data}`' if args.data else 'the built-in demo'})"
 
 
 def rebuild_pipeline(run: PipelineRun, cursor=None, evaluate: bool = False) -> tuple[PipelineRun, object]:
