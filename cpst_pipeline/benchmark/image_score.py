@@ -24,6 +24,7 @@ from tqdm import tqdm
 from cpst_pipeline.benchmark.markdown import fmt, replace_section
 from cpst_pipeline.benchmark.pipeline_run import PipelineRun, add_asset_run_arguments, asset_run, asset_run_source
 from cpst_pipeline.evaluation.metrics import auroc
+from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.patchcore.image_scores import ImageScores, score_image
 from cpst_pipeline.pipeline.dataset import anomaly_labels
 from cpst_pipeline.pipeline.domain_images import patch_features
@@ -32,7 +33,7 @@ EVIDENCE_SPLITS = ("val_mix", "train_mix")
 
 
 def mean_of_worst(values: np.ndarray, count: int) -> float:
-    """Mean of the ``count`` largest values (all of them when there are fewer)."""
+    """Mean of the ``count`` largest values: at least the largest one, at most all of them."""
     flat = np.ravel(values)
     count = min(max(1, count), flat.size)
     return float(np.partition(flat, flat.size - count)[flat.size - count :].mean())
@@ -67,9 +68,9 @@ def rule_aurocs(domain: str, labels: np.ndarray, splits: np.ndarray, scores: dic
     return [RuleAuroc(domain, rule, {split: measured(values, mask) for split, mask in masks.items()}) for rule, values in scores.items()]
 
 
-def measure_domain(run: PipelineRun, domain: str) -> tuple[list[RuleAuroc], dict[str, int]]:
-    """Every rule's AUROCs on ``domain``'s evidence, and how many defects each split holds."""
-    images, bank, config = run.value("embeddings", domain), run.value("memory_bank", domain), run.config
+def measure_domain(run: PipelineRun, domain: str, bank: MemoryBank) -> tuple[list[RuleAuroc], dict[str, int]]:
+    """Every rule's AUROCs on ``domain``'s evidence against its ``bank``, and how many defects each split holds."""
+    images, config = run.value("embeddings", domain), run.config
     evidence = images.in_splits(*EVIDENCE_SPLITS)
     rules = image_score_rules(config.scoring.map_sigma)
     scores = {rule: [] for rule in rules}
@@ -108,9 +109,11 @@ def main() -> None:
     args = parser.parse_args()
     run = asset_run(args)
     results, defects = [], {}
-    for domain in (d for d in run.domains if run.value("memory_bank", d) is not None):
-        measured, defects[domain] = measure_domain(run, domain)
-        results += measured
+    for domain in run.domains:
+        bank = run.value("memory_bank", domain)
+        if bank is not None:  # a domain without normal images has no heatmap
+            measured, defects[domain] = measure_domain(run, domain, bank)
+            results += measured
     text = markdown(results, defects, args.section or "demo", asset_run_source(args))
     print(text)
     if args.output.name:
