@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cpst_pipeline.benchmark.markdown import replace_section
 from cpst_pipeline.benchmark.speed.common import Section
-from cpst_pipeline.benchmark.speed.report import block_name, markdown, section_markdown
+from cpst_pipeline.benchmark.speed.report import block_name, markdown, run_paragraphs, section_markdown
 
 
 def _header() -> dict:
@@ -45,3 +45,12 @@ def test_a_run_of_one_section_replaces_that_section_only(tmp_path: Path) -> None
     # a section the block did not hold yet goes at its end, before what follows it
     assert text.index("40 ms") < text.index("2 GB") < text.index("<!-- speed:end -->") < text.index("a later section")
     assert text.count("<!-- speed-latency:start -->") == 1
+
+
+def test_a_section_run_alone_carries_the_same_caveats_as_a_whole_run() -> None:
+    header = _header() | {"busy": True, "quick": True}
+    whole = markdown([_section("coreset", "1 s")], header)
+    alone = section_markdown(_section("coreset", "1 s"), run_paragraphs(header, "coreset"))
+    for caveat in ("**The machine was busy (load average 0.1 at the start)", "**Quick mode: small sizes"):
+        assert caveat in whole and caveat in alone
+    assert "--sections coreset" in alone and "--sections" not in whole

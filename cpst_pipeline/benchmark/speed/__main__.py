@@ -52,7 +52,7 @@ from cpst_pipeline.benchmark.speed.gpu import run_gpu
 from cpst_pipeline.benchmark.speed.incremental import section_incremental
 from cpst_pipeline.benchmark.speed.latency import section_latency
 from cpst_pipeline.benchmark.speed.memory import memory_child, section_memory
-from cpst_pipeline.benchmark.speed.report import block_name, markdown, print_section, run_description, section_markdown
+from cpst_pipeline.benchmark.speed.report import block_name, markdown, print_section, run_paragraphs, section_markdown
 from cpst_pipeline.features.extractor import resolve_device
 from cpst_pipeline.io_utils import write_json_atomic
 from cpst_pipeline.pipeline.config import PipelineConfig
@@ -166,16 +166,14 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(work, ignore_errors=True)
     header["seconds"] = time.perf_counter() - started
     header["reference_gflops_end"] = reference_gflops()
-    text = markdown(sections, header)
     write_json_atomic(
         json_path, {"header": header, "sections": {s.key: {"rows": s.rows, "notes": s.notes, "data": s.data} for s in sections}}
     )
     if set(selected) == set(SECTIONS):
-        replace_section(output, "speed", text)
+        replace_section(output, "speed", markdown(sections, header))
     else:
-        busy_note = " The machine was busy: timings are not representative." if busy else ""
         for section in sections:
-            replace_section(output, block_name(section), section_markdown(section, run_description(header, args.sections) + busy_note), inside="speed")
+            replace_section(output, block_name(section), section_markdown(section, run_paragraphs(header, args.sections)), inside="speed")
     print(f"\nwrote {output} (section 'speed', {', '.join(selected)}) and {json_path}; total {header['seconds']:.0f} s")
 
 

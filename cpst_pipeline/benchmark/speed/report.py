@@ -31,8 +31,18 @@ def run_description(header: dict, sections: str = "") -> str:
     )
 
 
+def run_paragraphs(header: dict, sections: str = "") -> str:
+    """The run's description, then what makes its figures incomparable: a busy machine, quick sizes."""
+    paragraphs = [run_description(header, sections)]
+    if header["busy"]:
+        paragraphs.append(f"**The machine was busy (load average {header['load_average']} at the start): timings are not representative.**")
+    if header["quick"]:
+        paragraphs.append("**Quick mode: small sizes, figures not comparable with the targets (stated for the full sizes).**")
+    return "\n\n".join(paragraphs)
+
+
 def section_markdown(section: Section, run: str = "") -> str:
-    """One section; ``run``: a run_description, for a section measured without the others."""
+    """One section; ``run``: run_paragraphs, for a section measured without the others."""
     lines = [f"### {section.title}", ""] + ([run, ""] if run else [])
     lines += ["| metric | measured | target | verdict |", "|---|---|---|---|"]
     lines += [f"| {m.strip()} | {v} | {t} | {c} |" for m, v, t, c in section.rows]
@@ -48,14 +58,7 @@ def block_name(section: Section) -> str:
 
 
 def markdown(sections: list[Section], header: dict) -> str:
-    lines = ["## Speed and memory", "", run_description(header)]
-    if header["busy"]:
-        lines += [
-            "",
-            f"**The machine was busy (load average {header['load_average']} at the start): timings are not representative.**",
-        ]
-    if header["quick"]:
-        lines += ["", "**Quick mode: small sizes, figures not comparable with the targets (stated for the full sizes).**"]
+    lines = ["## Speed and memory", "", run_paragraphs(header)]
     for section in sections:
         lines += ["", block(block_name(section), section_markdown(section))]
     return "\n".join(lines)
