@@ -26,10 +26,8 @@ from cpst_pipeline.benchmark.pipeline_run import PipelineRun, add_asset_run_argu
 from cpst_pipeline.evaluation.metrics import auroc
 from cpst_pipeline.patchcore.bank import MemoryBank
 from cpst_pipeline.patchcore.image_scores import ImageScores, score_image
-from cpst_pipeline.pipeline.dataset import anomaly_labels
+from cpst_pipeline.pipeline.dataset import CALIBRATION_SPLITS, anomaly_labels
 from cpst_pipeline.pipeline.domain_images import patch_features
-
-EVIDENCE_SPLITS = ("val_mix", "train_mix")
 
 
 def mean_of_worst(values: np.ndarray, count: int) -> float:
@@ -60,7 +58,7 @@ class RuleAuroc:
 
 def rule_aurocs(domain: str, labels: np.ndarray, splits: np.ndarray, scores: dict[str, np.ndarray]) -> list[RuleAuroc]:
     """AUROC of each rule's scores on each evidence split and on all of them (None where a split lacks a class)."""
-    masks = {split: splits == split for split in EVIDENCE_SPLITS} | {"evidence": np.ones(len(labels), dtype=bool)}
+    masks = {split: splits == split for split in CALIBRATION_SPLITS} | {"evidence": np.ones(len(labels), dtype=bool)}
 
     def measured(values: np.ndarray, mask: np.ndarray) -> float | None:
         return auroc(labels[mask], values[mask]) if len(set(labels[mask])) == 2 else None
@@ -71,7 +69,7 @@ def rule_aurocs(domain: str, labels: np.ndarray, splits: np.ndarray, scores: dic
 def measure_domain(run: PipelineRun, domain: str, bank: MemoryBank) -> tuple[list[RuleAuroc], dict[str, int]]:
     """Every rule's AUROCs on ``domain``'s evidence against its ``bank``, and how many defects each split holds."""
     images, config = run.value("embeddings", domain), run.config
-    evidence = images.in_splits(*EVIDENCE_SPLITS)
+    evidence = images.in_splits(*CALIBRATION_SPLITS)
     rules = image_score_rules(config.scoring.map_sigma)
     scores = {rule: [] for rule in rules}
     sizes = zip(evidence["height"].astype(int), evidence["width"].astype(int))
@@ -80,7 +78,7 @@ def measure_domain(run: PipelineRun, domain: str, bank: MemoryBank) -> tuple[lis
         for rule, read in rules.items():
             scores[rule].append(read(scored))
     labels, splits = anomaly_labels(evidence), evidence["split"].to_numpy()
-    defects = {split: int(labels[splits == split].sum()) for split in EVIDENCE_SPLITS}
+    defects = {split: int(labels[splits == split].sum()) for split in CALIBRATION_SPLITS}
     return rule_aurocs(domain, labels, splits, {rule: np.array(values) for rule, values in scores.items()}), defects
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 from cpst_pipeline.benchmark.markdown import replace_section
 from cpst_pipeline.cascade.calibration import CalibrationConfig
 from cpst_pipeline.evaluation.metrics import threshold_for_recall
+from cpst_pipeline.pipeline.dataset import CALIBRATION_SPLITS
 
 
 def defects_to_flag(n_defects: int, target_recall: float) -> int:
@@ -71,7 +72,7 @@ def held_out_recall(defect_scores: np.ndarray, target_recall: float, folds: int,
 
 
 def measure(table: pd.DataFrame, target_recall: float, folds: int = 5, repeats: int = 200) -> list[HeldOutRecall]:
-    evidence = table[table["split"].isin(["val_mix", "train_mix"]) & (table["label"] == 1)]
+    evidence = table[table["split"].isin(CALIBRATION_SPLITS) & (table["label"] == 1)]
     results = []
     for domain, rows in evidence.groupby("domain", sort=True):
         scores = {

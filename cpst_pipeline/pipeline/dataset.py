@@ -22,6 +22,8 @@ ACCOUNT_FILE = "file_account.parquet"
 
 # What the gate and the router learn from; val and test stay unseen.
 TRAINING_SPLITS = ("train_mix", "train_normal")
+# The labelled images the calibration fits thresholds on: neither the bank nor the served gate trained on them.
+CALIBRATION_SPLITS = ("val_mix", "train_mix")
 
 
 def dataset_roots(config: PipelineConfig) -> list[DatasetRoot]:
